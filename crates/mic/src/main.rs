@@ -1,0 +1,3 @@
+//! The `mic` binary; all wiring lives in the library's `run`.
+
+fn main() {}
