@@ -4,5 +4,8 @@
 //! watch caches --view--> views --decide::desired/plan--> Plan --act::apply (leader only)--> kube + ARM
 //! ```
 
+pub mod act;
 pub mod decide;
+pub mod events;
+pub mod metrics;
 pub mod view;

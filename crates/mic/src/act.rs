@@ -1,0 +1,532 @@
+//! Carrying out a [`Plan`]: the only module that writes to the API server and calls ARM.
+//! It decides nothing: every choice was made by `decide`; this module reports what happened.
+//!
+//! Per VM or scale set, in parallel: write new and changed AzureAssignedIdentities with status
+//! `Created` (one request each), make one ARM identity change, then mark them `Assigned` (one
+//! patch each) or, on an ARM error, mark only those whose identity is on the node. Deletions
+//! patch `Unassigned` and drop the finalizer in one request, then delete.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aadpodid_api::names::{ASSIGNED_IDENTITY_FINALIZER, NODENAME_LABEL};
+use aadpodid_api::{
+    AssignedIdentityState, AzureAssignedIdentity, AzureAssignedIdentitySpec, AzureAssignedIdentityStatus,
+    AzureIdentity, AzureIdentityBinding,
+};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::decide::{Desired, Plan, Removal, TargetPlan};
+use crate::events::{EventType, Recorder, pod_reference, reason, reference};
+use crate::metrics::Metrics;
+use crate::view::{AssignedView, NodeTarget};
+
+/// A boxed future, so [`NodeIdentities`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An ARM failure, carried as the error's text (events and logs show it verbatim).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ArmFailure(pub String);
+
+/// What MIC needs of ARM: read a VM's or scale set's user-assigned identities, and change
+/// them in one logical update (chunking, polling, throttling and bad-identity pruning are the
+/// implementation's business; like the original, it returns the first error even when a
+/// pruned retry succeeded).
+pub trait NodeIdentities: Send + Sync {
+    fn identities<'a>(&'a self, target: &'a NodeTarget) -> BoxFuture<'a, Result<Vec<String>, ArmFailure>>;
+    fn update<'a>(
+        &'a self,
+        target: &'a NodeTarget,
+        add: &'a [String],
+        remove: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ArmFailure>>;
+}
+
+/// Everything `apply` talks to.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: Client,
+    pub arm: Arc<dyn NodeIdentities>,
+    pub events: Recorder,
+    pub metrics: Metrics,
+    /// `--createDeleteBatch`: concurrent API-server writes per VM or scale set.
+    pub batch: usize,
+}
+
+/// An object this cycle wrote, so the loop can wait for its cache to show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    Present { namespace: String, name: String, resource_version: String },
+    Gone { namespace: String, name: String },
+}
+
+/// What `apply` did.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub written: Vec<Written>,
+    pub assigned: usize,
+    pub deleted: usize,
+    pub failed: usize,
+    pub arm_writes: usize,
+    pub api_writes: usize,
+}
+
+impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.written.extend(other.written);
+        self.assigned += other.assigned;
+        self.deleted += other.deleted;
+        self.failed += other.failed;
+        self.arm_writes += other.arm_writes;
+        self.api_writes += other.api_writes;
+    }
+}
+
+/// Pod UIDs by (namespace, name), so events can be attached to pods.
+pub type PodUids = BTreeMap<(String, String), String>;
+
+/// Carries out the plan; targets in parallel, orphans without ARM.
+pub async fn apply(plan: Plan, ctx: &Ctx, pods: &PodUids) -> Outcome {
+    let mut out = Outcome::default();
+    let orphans = stream::iter(plan.orphans.iter().map(|o| delete_one(ctx, o, false)))
+        .buffer_unordered(ctx.batch.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    for o in orphans {
+        out.merge(o);
+    }
+    let targets =
+        plan.targets.iter().filter(|(_, t)| !t.is_empty()).map(|(target, t)| apply_target(ctx, target, t, pods));
+    for o in futures::future::join_all(targets).await {
+        out.merge(o);
+    }
+    out
+}
+
+// === Pending ===
+
+/// An object in state `Created` waiting for its identity to reach the node.
+struct Pending {
+    namespace: String,
+    name: String,
+    pod: String,
+    pod_namespace: String,
+    pod_uid: Option<String>,
+    node: String,
+    binding: ObjectReference,
+    binding_name: String,
+    user_assigned: bool,
+    resource_id: String,
+    kind: Kind,
+    started: Instant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Create,
+    Update,
+    Retry,
+}
+
+impl Pending {
+    fn of_desired(d: &Desired, kind: Kind, started: Instant) -> Self {
+        Self {
+            namespace: d.namespace.clone(),
+            name: d.name.0.clone(),
+            pod: d.pod.clone(),
+            pod_namespace: d.pod_namespace.clone(),
+            pod_uid: Some(d.pod_uid.clone()),
+            node: d.node.clone(),
+            binding: reference(&*d.binding.object),
+            binding_name: d.binding.name.clone(),
+            user_assigned: d.identity.kind.needs_node_assignment(),
+            resource_id: d.identity.resource_id.clone(),
+            kind,
+            started,
+        }
+    }
+
+    fn of_retry(a: &AssignedView, pods: &PodUids, started: Instant) -> Self {
+        Self {
+            namespace: a.namespace.clone(),
+            name: a.name.0.clone(),
+            pod: a.pod.clone(),
+            pod_namespace: a.pod_namespace.clone(),
+            pod_uid: pods.get(&(a.pod_namespace.clone(), a.pod.clone())).cloned(),
+            node: a.node.clone(),
+            binding: binding_reference(a),
+            binding_name: a.binding_name.clone(),
+            user_assigned: a.is_user_assigned(),
+            resource_id: a.resource_id.clone(),
+            kind: Kind::Retry,
+            started,
+        }
+    }
+
+    fn pod_ref(&self) -> ObjectReference {
+        pod_reference(&self.pod, &self.pod_namespace, self.pod_uid.as_deref())
+    }
+}
+
+fn binding_reference(a: &AssignedView) -> ObjectReference {
+    match a.object.spec.azure_binding_ref.as_deref() {
+        Some(b) => reference(b),
+        None => ObjectReference {
+            api_version: Some(aadpodid_api::API_VERSION.into()),
+            kind: Some("AzureIdentityBinding".into()),
+            name: Some(a.binding_name.clone()),
+            namespace: Some(a.binding_namespace.clone()),
+            ..Default::default()
+        },
+    }
+}
+
+fn api(ctx: &Ctx, namespace: &str) -> Api<AzureAssignedIdentity> {
+    Api::namespaced(ctx.client.clone(), namespace)
+}
+
+// === Per target ===
+
+async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &PodUids) -> Outcome {
+    let started = Instant::now();
+    tracing::info!(%target, creates = t.creates.len(), updates = t.updates.len(), retries = t.retries.len(),
+        deletes = t.deletes.len(), add = t.add.len(), remove = t.remove.len(), "Processing node");
+    let mut out = Outcome::default();
+    let mut pending = write_pending(ctx, t, started, &mut out).await;
+    pending.extend(t.retries.iter().map(|r| Pending::of_retry(r, pods, started)));
+    if !t.needs_arm() {
+        finish(ctx, pending, &t.deletes, None, &mut out).await;
+        return out;
+    }
+    let add: Vec<String> = t.add.iter().cloned().collect();
+    let remove: Vec<String> = t.remove.iter().cloned().collect();
+    let call = Instant::now();
+    let result = ctx.arm.update(target, &add, &remove).await;
+    out.arm_writes += 1;
+    match result {
+        Ok(()) => {
+            tracing::info!(%target, add = add.len(), remove = remove.len(), duration_ms = call.elapsed().as_millis() as u64, "Updated identities on node");
+            finish(ctx, pending, &t.deletes, None, &mut out).await;
+        }
+        Err(error) => {
+            tracing::error!(%target, %error, add = add.len(), remove = remove.len(), duration_ms = call.elapsed().as_millis() as u64, "Updating identities on node failed");
+            match ctx.arm.identities(target).await {
+                Ok(ids) => {
+                    let on_node: BTreeSet<String> = ids.iter().map(|i| i.to_ascii_lowercase()).collect();
+                    finish(ctx, pending, &t.deletes, Some((&on_node, &error)), &mut out).await;
+                }
+                Err(get_error) => {
+                    tracing::error!(%target, error = %get_error, "Getting identities of node failed");
+                    out.failed += pending.len() + t.deletes.len();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes creates (POST) and updates (PUT) with status `Created`; returns the ones written.
+async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Outcome) -> Vec<Pending> {
+    let creates = t.creates.iter().map(|d| async move {
+        let obj = new_object(d, None);
+        let res = api(ctx, &d.namespace).create(&PostParams::default(), &obj).await;
+        (Pending::of_desired(d, Kind::Create, started), res)
+    });
+    let updates = t.updates.iter().map(|u| async move {
+        let obj = new_object(&u.after, Some(&u.before.object));
+        let res = api(ctx, &u.before.namespace).replace(&u.before.name.0, &PostParams::default(), &obj).await;
+        (Pending::of_desired(&u.after, Kind::Update, started), res)
+    });
+    let results: Vec<_> = stream::iter(creates)
+        .buffer_unordered(ctx.batch.max(1))
+        .chain(stream::iter(updates).buffer_unordered(ctx.batch.max(1)))
+        .collect()
+        .await;
+    let mut written = Vec::new();
+    for (p, res) in results {
+        out.api_writes += 1;
+        match res {
+            Ok(obj) => {
+                out.written.push(present(&obj));
+                written.push(p);
+            }
+            Err(error) => {
+                out.failed += 1;
+                let op = if p.kind == Kind::Create { "assigned_identity_addition" } else { "assigned_identity_update" };
+                ctx.metrics.kube_error(op);
+                tracing::error!(%error, assigned = %p.name, "Writing assigned identity failed");
+                let msg = format!("Creating assigned identity for pod {} resulted in error {error}", p.name);
+                warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
+            }
+        }
+    }
+    written
+}
+
+fn present(obj: &AzureAssignedIdentity) -> Written {
+    Written::Present {
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        resource_version: obj.resource_version().unwrap_or_default(),
+    }
+}
+
+async fn warn_both(ctx: &Ctx, p: &Pending, why: &str, msg: String) {
+    ctx.events.publish(&p.binding, EventType::Warning, why, msg.clone()).await;
+    ctx.events.publish(&p.pod_ref(), EventType::Warning, why, msg).await;
+}
+
+/// The full object MIC writes: embedded copies of identity and binding, the `nodename` label,
+/// the finalizer and status `Created`. For an update, the old object's metadata is kept
+/// (resourceVersion for optimistic concurrency) with the new label.
+pub fn new_object(d: &Desired, before: Option<&AzureAssignedIdentity>) -> AzureAssignedIdentity {
+    let mut obj = AzureAssignedIdentity::new(
+        &d.name.0,
+        AzureAssignedIdentitySpec {
+            metadata: None,
+            azure_identity_ref: Some(Box::new(embedded_identity(&d.identity.object))),
+            azure_binding_ref: Some(Box::new(embedded_binding(&d.binding.object))),
+            pod: Some(d.pod.clone()),
+            pod_namespace: Some(d.pod_namespace.clone()),
+            node_name: Some(d.node.clone()),
+            replicas: None,
+        },
+    );
+    if let Some(b) = before {
+        obj.metadata = b.metadata.clone();
+        obj.metadata.managed_fields = None;
+    }
+    obj.metadata.namespace = Some(d.namespace.clone());
+    obj.metadata.labels.get_or_insert_default().insert(NODENAME_LABEL.to_owned(), d.node.clone());
+    let finalizers = obj.metadata.finalizers.get_or_insert_default();
+    if !finalizers.iter().any(|f| f == ASSIGNED_IDENTITY_FINALIZER) {
+        finalizers.push(ASSIGNED_IDENTITY_FINALIZER.to_owned());
+    }
+    obj.status = Some(AzureAssignedIdentityStatus {
+        metadata: None,
+        status: Some(AssignedIdentityState::CREATED.to_owned()),
+        available_replicas: Some(1),
+    });
+    obj
+}
+
+fn embedded_identity(id: &AzureIdentity) -> AzureIdentity {
+    let mut id = id.clone();
+    id.metadata.managed_fields = None;
+    id
+}
+
+fn embedded_binding(b: &AzureIdentityBinding) -> AzureIdentityBinding {
+    let mut b = b.clone();
+    b.metadata.managed_fields = None;
+    b
+}
+
+// === Finishing ===
+
+/// After the ARM call: `on_node` is `None` on success, or the node's identities and the error.
+async fn finish(
+    ctx: &Ctx,
+    pending: Vec<Pending>,
+    deletes: &[Removal],
+    on_node: Option<(&BTreeSet<String>, &crate::act::ArmFailure)>,
+    out: &mut Outcome,
+) {
+    let assigns = pending.into_iter().map(|p| async move {
+        let mut o = Outcome::default();
+        let missing = on_node.filter(|(ids, _)| p.user_assigned && !ids.contains(&p.resource_id.to_ascii_lowercase()));
+        if let Some((_, error)) = missing {
+            o.failed += 1;
+            let msg = format!("Applying binding {} node {} for pod {} resulted in error {error}", p.binding_name, p.node, p.name);
+            tracing::error!(assigned = %p.name, node = %p.node, "Identity not on node after failed update; stays Created");
+            warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
+        } else {
+            mark_assigned(ctx, &p, &mut o).await;
+        }
+        o
+    });
+    let dels = deletes.iter().map(|r| async move {
+        let still_there =
+            on_node.filter(|(ids, _)| r.unassign && ids.contains(&r.assigned.resource_id.to_ascii_lowercase()));
+        if let Some((_, error)) = still_there {
+            let a = &r.assigned;
+            let msg = format!(
+                "Binding {} removal from node {} for pod {} resulted in error {error}",
+                a.binding_name, a.node, a.pod
+            );
+            tracing::error!(assigned = %a.name, node = %a.node, "Identity still on node after failed update; kept");
+            ctx.events.publish(&binding_reference(a), EventType::Warning, reason::BINDING_REMOVE_ERROR, msg).await;
+            return Outcome { failed: 1, ..Default::default() };
+        }
+        delete_one(ctx, &r.assigned, true).await
+    });
+    let batch = ctx.batch.max(1);
+    let (a, d): (Vec<Outcome>, Vec<Outcome>) = futures::join!(
+        stream::iter(assigns).buffer_unordered(batch).collect(),
+        stream::iter(dels).buffer_unordered(batch).collect()
+    );
+    for o in a.into_iter().chain(d) {
+        out.merge(o);
+    }
+}
+
+async fn mark_assigned(ctx: &Ctx, p: &Pending, o: &mut Outcome) {
+    let patch = json!({"status": {"status": AssignedIdentityState::ASSIGNED}});
+    o.api_writes += 1;
+    match api(ctx, &p.namespace).patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(obj) => {
+            o.written.push(present(&obj));
+            o.assigned += 1;
+            let secs = p.started.elapsed().as_secs_f64();
+            match p.kind {
+                Kind::Create | Kind::Retry => {
+                    ctx.metrics.addition_count.inc();
+                    ctx.metrics.addition_duration.observe(secs);
+                }
+                Kind::Update => {
+                    ctx.metrics.update_count.inc();
+                    ctx.metrics.update_duration.observe(secs);
+                }
+            }
+            tracing::info!(assigned = %p.name, pod = %p.pod, namespace = %p.pod_namespace, node = %p.node, "Assigned identity");
+            let msg = format!("Binding {} applied on node {} for pod {}", p.binding_name, p.node, p.name);
+            ctx.events.publish(&p.binding, EventType::Normal, reason::BINDING_APPLIED, msg.clone()).await;
+            ctx.events.publish(&p.pod_ref(), EventType::Normal, reason::BINDING_APPLIED, msg).await;
+        }
+        Err(error) => {
+            o.failed += 1;
+            ctx.metrics.kube_error("update_azure_assigned_identity_status");
+            tracing::error!(%error, assigned = %p.name, "Updating assigned identity status failed");
+            let msg = format!(
+                "Updating assigned identity {} status to {} for pod {} failed with error {error}",
+                p.name,
+                AssignedIdentityState::ASSIGNED,
+                p.pod
+            );
+            let obj_ref = assigned_reference(&p.namespace, &p.name);
+            ctx.events.publish(&obj_ref, EventType::Warning, reason::STATUS_UPDATE_ERROR, msg).await;
+        }
+    }
+}
+
+/// True for a 404 from the API server.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn assigned_reference(namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(aadpodid_api::API_VERSION.into()),
+        kind: Some("AzureAssignedIdentity".into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    }
+}
+
+/// Deletes one object: one patch (status `Unassigned` when `unassigned`, our finalizer
+/// dropped), then DELETE. NotFound counts as done.
+async fn delete_one(ctx: &Ctx, a: &AssignedView, unassigned: bool) -> Outcome {
+    let started = Instant::now();
+    let mut o = Outcome::default();
+    let api = api(ctx, &a.namespace);
+    let finalizers: Vec<&String> =
+        a.object.metadata.finalizers.iter().flatten().filter(|f| *f != ASSIGNED_IDENTITY_FINALIZER).collect();
+    let mut patch = json!({"metadata": {"finalizers": finalizers}});
+    if unassigned {
+        patch["status"] = json!({"status": AssignedIdentityState::UNASSIGNED});
+    }
+    o.api_writes += 2;
+    let res = match api.patch(&a.name.0, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => api.delete(&a.name.0, &DeleteParams::default()).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let binding = binding_reference(a);
+    match res {
+        Err(e) if !is_not_found(&e) => {
+            o.failed += 1;
+            ctx.metrics.kube_error("assigned_identity_deletion");
+            tracing::error!(error = %e, assigned = %a.name, "Removing assigned identity failed");
+            let msg = format!(
+                "Removing assigned identity binding {} node {} for pod {} resulted in error {e}",
+                a.binding_name, a.node, a.name
+            );
+            ctx.events.publish(&binding, EventType::Warning, reason::BINDING_REMOVE_ERROR, msg).await;
+        }
+        _ => {
+            o.deleted += 1;
+            o.written.push(Written::Gone { namespace: a.namespace.clone(), name: a.name.0.clone() });
+            ctx.metrics.deletion_count.inc();
+            ctx.metrics.deletion_duration.observe(started.elapsed().as_secs_f64());
+            tracing::info!(assigned = %a.name, pod = %a.pod, node = %a.node, "Removed assigned identity");
+            let msg = format!("Binding {} removed from node {} for pod {}", a.binding_name, a.node, a.pod);
+            ctx.events.publish(&binding, EventType::Normal, reason::BINDING_REMOVED, msg).await;
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{binding_view, identity_view};
+    use aadpodid_api::{AzureIdentityBindingSpec, AzureIdentitySpec};
+
+    fn mk_desired() -> Desired {
+        let mut id = AzureIdentity::new("myid", AzureIdentitySpec { type_: Some(1), ..Default::default() });
+        id.metadata.namespace = Some("apps".into());
+        let mut b = AzureIdentityBinding::new(
+            "b",
+            AzureIdentityBindingSpec {
+                azure_identity: Some("myid".into()),
+                selector: Some("s".into()),
+                ..Default::default()
+            },
+        );
+        b.metadata.namespace = Some("apps".into());
+        Desired {
+            name: crate::view::AssignedName::new("p", "apps", "myid"),
+            namespace: "default".into(),
+            pod: "p".into(),
+            pod_namespace: "apps".into(),
+            pod_uid: "u".into(),
+            node: "n1".into(),
+            identity: Arc::new(identity_view(&Arc::new(id)).unwrap()),
+            binding: Arc::new(binding_view(&Arc::new(b)).unwrap()),
+        }
+    }
+
+    #[test]
+    fn new_object_is_the_originals_shape() {
+        let v = serde_json::to_value(new_object(&mk_desired(), None)).unwrap();
+        assert_eq!(v["metadata"]["name"], "p-apps-myid");
+        assert_eq!(v["metadata"]["namespace"], "default");
+        assert_eq!(v["metadata"]["labels"]["nodename"], "n1");
+        assert_eq!(v["metadata"]["finalizers"][0], ASSIGNED_IDENTITY_FINALIZER);
+        assert_eq!(v["status"], json!({"status": "Created", "availableReplicas": 1}));
+        assert_eq!(v["spec"]["nodename"], "n1");
+        assert_eq!(v["spec"]["podNamespace"], "apps");
+        assert_eq!(v["spec"]["azureIdentityRef"]["kind"], "AzureIdentity");
+        assert_eq!(v["spec"]["azureBindingRef"]["apiVersion"], "aadpodidentity.k8s.io/v1");
+    }
+
+    #[test]
+    fn update_keeps_the_old_metadata_and_refreshes_the_node_label() {
+        let mut before = new_object(&mk_desired(), None);
+        before.metadata.resource_version = Some("42".into());
+        let mut d = mk_desired();
+        d.node = "n2".into();
+        let after = new_object(&d, Some(&before));
+        assert_eq!(after.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(after.metadata.labels.unwrap()["nodename"], "n2");
+        assert_eq!(after.metadata.finalizers.unwrap().len(), 1);
+    }
+}
