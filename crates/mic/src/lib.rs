@@ -7,5 +7,6 @@
 pub mod act;
 pub mod decide;
 pub mod events;
+pub mod leader;
 pub mod metrics;
 pub mod view;
