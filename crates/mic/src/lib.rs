@@ -5,6 +5,8 @@
 //! ```
 
 pub mod act;
+pub mod cache;
+pub mod controller;
 pub mod decide;
 pub mod events;
 pub mod leader;
