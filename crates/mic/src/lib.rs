@@ -11,4 +11,5 @@ pub mod decide;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod upgrade;
 pub mod view;
