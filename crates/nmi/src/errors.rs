@@ -1,0 +1,157 @@
+//! Every way an NMI request can fail, and the one exhaustive mapping to the wire: the
+//! original's status codes and texts (upstream §3.5, §3.9), which clients' retry logic reads.
+//!
+//! Never logs (a response-logging layer does) and never carries a token, secret or assertion.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+/// The JSON body of the metadata-header rejection, byte for byte as the original (with `\n`).
+pub const METADATA_HEADER_BODY: &str =
+    "{\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"}\n";
+
+/// Why a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NmiError {
+    #[error("Required metadata header not specified")]
+    MetadataHeaderRequired,
+    #[error("request remote address is empty")]
+    RemoteAddressEmpty,
+    #[error("request remote address is not from a host")]
+    NotFromHost,
+    #[error("parameter resource cannot be empty")]
+    ResourceEmpty,
+    #[error("missing 'podname' and 'podns' from request header")]
+    HostHeadersMissing,
+    #[error("Invalid request")]
+    InvalidRequest,
+    #[error("Request blocked by AAD Pod Identity NMI")]
+    InstanceBlocked,
+    /// Zero or several pods with the caller's IP.
+    #[error("{0}")]
+    PodLookup(String),
+    /// The pod's identity could not be determined (404, or 503 + `Retry-After: 20`).
+    #[error("{message}")]
+    IdentityNotFound { message: String, retry_after: bool },
+    /// IMDS or Azure AD answered with a refusal (the original's `TokenRefreshError`).
+    #[error("{0}")]
+    TokenRefused(String),
+    /// The token source could not be reached or configured (the original's "health check" errors).
+    #[error("{0}")]
+    TokenUnavailable(String),
+    /// The exception/MIC bypass failed; the original answers 403 whatever the cause.
+    #[error("{0}")]
+    BypassFailed(String),
+    /// The real IMDS could not be reached by the proxy.
+    #[error("{0}")]
+    Proxy(String),
+}
+
+impl NmiError {
+    /// The status the original answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MetadataHeaderRequired | Self::ResourceEmpty | Self::HostHeadersMissing | Self::InvalidRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::InstanceBlocked | Self::TokenRefused(_) | Self::BypassFailed(_) => StatusCode::FORBIDDEN,
+            Self::IdentityNotFound { retry_after: false, .. } => StatusCode::NOT_FOUND,
+            Self::IdentityNotFound { retry_after: true, .. } | Self::TokenUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RemoteAddressEmpty | Self::NotFromHost | Self::PodLookup(_) | Self::Proxy(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl IntoResponse for NmiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match self {
+            Self::MetadataHeaderRequired => {
+                let mut res = (status, METADATA_HEADER_BODY).into_response();
+                res.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+                res
+            }
+            Self::IdentityNotFound { retry_after: true, .. } => {
+                let mut res = text_error(status, &self.to_string());
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("20"));
+                res
+            }
+            Self::RemoteAddressEmpty
+            | Self::NotFromHost
+            | Self::ResourceEmpty
+            | Self::HostHeadersMissing
+            | Self::InvalidRequest
+            | Self::InstanceBlocked
+            | Self::PodLookup(_)
+            | Self::IdentityNotFound { retry_after: false, .. }
+            | Self::TokenRefused(_)
+            | Self::TokenUnavailable(_)
+            | Self::BypassFailed(_)
+            | Self::Proxy(_) => text_error(status, &self.to_string()),
+        }
+    }
+}
+
+/// Go's `http.Error`: plain text, `nosniff`, message plus a newline.
+fn text_error(status: StatusCode, message: &str) -> Response {
+    let mut res = (status, format!("{message}\n")).into_response();
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn parts(err: NmiError) -> (StatusCode, http::HeaderMap) {
+        let res = err.into_response();
+        (res.status(), res.headers().clone())
+    }
+
+    #[test]
+    fn metadata_rejection_is_json_with_the_original_content_type() {
+        let (status, headers) = parts(NmiError::MetadataHeaderRequired);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json; charset=utf-8");
+        let v: serde_json::Value = serde_json::from_str(METADATA_HEADER_BODY).unwrap();
+        assert_eq!(v["error"], "invalid_request");
+        assert!(!METADATA_HEADER_BODY.contains("Identity not found"));
+    }
+
+    #[rstest]
+    #[case(NmiError::ResourceEmpty, 400, "parameter resource cannot be empty")]
+    #[case(NmiError::HostHeadersMissing, 400, "missing 'podname' and 'podns' from request header")]
+    #[case(NmiError::InvalidRequest, 400, "Invalid request")]
+    #[case(NmiError::InstanceBlocked, 403, "Request blocked by AAD Pod Identity NMI")]
+    #[case(NmiError::RemoteAddressEmpty, 500, "request remote address is empty")]
+    #[case(NmiError::NotFromHost, 500, "request remote address is not from a host")]
+    #[case(NmiError::PodLookup("pod list is empty".into()), 500, "pod list is empty")]
+    #[case(NmiError::IdentityNotFound { message: "none".into(), retry_after: false }, 404, "none")]
+    #[case(NmiError::TokenRefused("aad said no".into()), 403, "aad said no")]
+    #[case(NmiError::TokenUnavailable("down".into()), 503, "down")]
+    #[case(NmiError::BypassFailed("x".into()), 403, "x")]
+    #[case(NmiError::Proxy("x".into()), 500, "x")]
+    fn text_errors_have_the_original_status_and_text(#[case] err: NmiError, #[case] status: u16, #[case] text: &str) {
+        assert_eq!(err.to_string(), text);
+        let (got, headers) = parts(err);
+        assert_eq!(got.as_u16(), status);
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(headers.get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn identity_not_found_with_retry_after_is_503_and_twenty_seconds() {
+        let (status, headers) = parts(NmiError::IdentityNotFound { message: "m".into(), retry_after: true });
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "20");
+    }
+}
