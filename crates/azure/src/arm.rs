@@ -1,0 +1,1 @@
+//! ARM client for VM/VMSS identities (in progress).

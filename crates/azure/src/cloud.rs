@@ -1,0 +1,1 @@
+//! Cloud config (azure.json) and Azure environments (in progress).
