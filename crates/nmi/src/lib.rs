@@ -10,6 +10,8 @@
 
 pub mod cache;
 pub mod errors;
+pub mod metrics;
 pub mod query;
 pub mod select;
+pub mod server;
 pub mod token;

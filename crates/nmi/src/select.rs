@@ -146,8 +146,11 @@ pub fn standard_step(
         if req.is_unspecified() {
             return Step::GiveUp(text);
         }
-        let client = redact_client_id(req.client_id.as_deref().unwrap_or_default());
-        return Step::GiveUp(format!("clientID in request: {client}, {text}"));
+        let asked = match (&req.client_id, &req.object_id) {
+            (None, Some(oid)) => format!("objectID in request: {oid}"),
+            (client, _) => format!("clientID in request: {}", redact_client_id(client.as_deref().unwrap_or_default())),
+        };
+        return Step::GiveUp(format!("{asked}, {text}"));
     }
     Step::Wait
 }

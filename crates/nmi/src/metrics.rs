@@ -1,0 +1,86 @@
+//! The original's NMI metrics (upstream §3.11, §4): exact names, labels and buckets, counters
+//! without `_total` (hence the `prometheus` crate). A labelled series appears on first use,
+//! as the original's OpenCensus views did.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+const NMI_BUCKETS: &[f64] =
+    &[0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0];
+const IMDS_BUCKETS: &[f64] =
+    &[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0];
+
+/// `operation_type` of the Kubernetes error counter for pod lookups.
+pub const GET_POD_LIST: &str = "get_pod_list";
+/// `operation_type` of the Kubernetes error counter for secret reads.
+pub const GET_SECRET: &str = "get_secret";
+/// `operation_type` for the system-assigned bypass token.
+pub const ADAL_TOKEN_MSI: &str = "adal_token_msi";
+/// `operation_type` for user-assigned identity tokens.
+pub const ADAL_TOKEN_MSI_USER_ASSIGNED: &str = "adal_token_msi_userassignedid";
+/// `operation_type` for service principal tokens.
+pub const ADAL_TOKEN: &str = "adal_token";
+
+/// NMI's metric families, registered on one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Token and host handler latency by path, status, namespace and resource.
+    pub nmi_operations: HistogramVec,
+    pub kubernetes_errors: IntCounterVec,
+    pub imds_errors: IntCounterVec,
+    pub imds_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let nmi_operations = HistogramVec::new(
+            HistogramOpts::new("aadpodidentity_nmi_operations_duration_seconds", "Duration of NMI token operations")
+                .buckets(NMI_BUCKETS.to_vec()),
+            &["operation_type", "status_code", "namespace", "resource"],
+        )?;
+        let kubernetes_errors = IntCounterVec::new(
+            Opts::new("aadpodidentity_kubernetes_api_operations_errors_count", "Kubernetes API operation errors"),
+            &["operation_type"],
+        )?;
+        let imds_errors = IntCounterVec::new(
+            Opts::new("aadpodidentity_imds_operations_errors_count", "IMDS and Azure AD token errors"),
+            &["operation_type"],
+        )?;
+        let imds_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "aadpodidentity_imds_operations_duration_seconds",
+                "Duration of IMDS and Azure AD token calls",
+            )
+            .buckets(IMDS_BUCKETS.to_vec()),
+            &["operation_type"],
+        )?;
+        registry.register(Box::new(nmi_operations.clone()))?;
+        registry.register(Box::new(kubernetes_errors.clone()))?;
+        registry.register(Box::new(imds_errors.clone()))?;
+        registry.register(Box::new(imds_duration.clone()))?;
+        Ok(Self { registry, nmi_operations, kubernetes_errors, imds_errors, imds_duration })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{Encoder, TextEncoder};
+
+    #[test]
+    fn names_are_the_originals_and_counters_have_no_total_suffix() {
+        let m = Metrics::new().unwrap();
+        m.kubernetes_errors.with_label_values(&[GET_POD_LIST]).inc();
+        m.nmi_operations.with_label_values(&["/metadata/identity/oauth2/token", "200", "apps", "r"]).observe(0.1);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&m.registry.gather(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("aadpodidentity_kubernetes_api_operations_errors_count{operation_type=\"get_pod_list\"} 1")
+        );
+        assert!(text.contains("aadpodidentity_nmi_operations_duration_seconds_bucket"));
+        assert!(!text.contains("_total"));
+        assert!(!text.contains("aadpodidentity_imds_operations_errors_count{"), "unused series stay hidden");
+    }
+}

@@ -1,0 +1,437 @@
+//! The HTTP shell: the original's routes (token, host token, instance block, proxy), each a
+//! short sequence of pure steps (`query`, `select`) and two injected effects: what is on this
+//! node ([`NodeState`]) and where tokens come from ([`TokenSource`]).
+//!
+//! Must never import kube (the store implements [`NodeState`]) and never log a token.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use aadpodid_api::AzurePodIdentityException;
+use aadpodid_api::view::redact_client_id;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::errors::NmiError;
+use crate::metrics::{self, Metrics};
+use crate::query::{self, IdentityRequest, Route, TokenQuery};
+use crate::select::{self, AssignedView, BindingView, IdentityView, PodView, RetryPolicy, Step};
+use crate::token::TokenJson;
+
+// === Injected effects ===
+
+/// What NMI knows about its node, from watch caches. Reads are synchronous and cheap.
+pub trait NodeState: Send + Sync + 'static {
+    /// Every pod on this node.
+    fn pods(&self) -> Vec<PodView>;
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodView>;
+    /// AzurePodIdentityExceptions of a namespace.
+    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException>;
+    /// Standard mode: the AzureAssignedIdentities of one pod.
+    fn assigned(&self, namespace: &str, pod: &str) -> Vec<AssignedView>;
+    /// Managed mode: bindings of a namespace.
+    fn bindings(&self, namespace: &str) -> Vec<BindingView>;
+    /// Managed mode: identities of a namespace.
+    fn identities(&self, namespace: &str) -> Vec<IdentityView>;
+}
+
+/// Why no token could be had; decides 403 or 503 as the original.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenFailure {
+    /// IMDS or Azure AD answered with a refusal (non-200): 403.
+    Refused(String),
+    /// Transport, secret, certificate or configuration trouble: 503.
+    Unavailable(String),
+}
+
+/// Where tokens come from (IMDS and Azure AD, cached). Implemented in `tokens`.
+pub trait TokenSource: Send + Sync + 'static {
+    /// Tokens for an identity: one, or primary plus auxiliary tenants for a service principal.
+    fn identity_tokens<'a>(
+        &'a self,
+        identity: &'a IdentityView,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<TokenJson>, TokenFailure>>;
+    /// The bypass: a token from the node's IMDS for `client_id`, or the system-assigned identity.
+    fn node_token<'a>(
+        &'a self,
+        client_id: Option<&'a str>,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<TokenJson, TokenFailure>>;
+}
+
+// === Configuration and state ===
+
+/// How identities are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// AzureAssignedIdentities written by MIC.
+    Standard,
+    /// Bindings and identities directly; no MIC.
+    Managed,
+}
+
+/// Request-path settings, from the flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mode: Mode,
+    pub force_namespaced: bool,
+    pub mic_namespace: String,
+    pub retry: RetryPolicy,
+    pub retry_interval: Duration,
+    pub metadata_header_required: bool,
+    pub set_retry_after_header: bool,
+    pub block_instance_metadata: bool,
+    /// `http://<metadata-ip>:<metadata-port>`, for the proxy.
+    pub imds_base: String,
+    /// `<metadata-ip>:<metadata-port>`, the Host header the proxy sets.
+    pub imds_host: String,
+    /// Pod lookup: retries after the first attempt (4) and their spacing (300 ms).
+    pub pod_lookup_retries: u32,
+    pub pod_lookup_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Standard,
+            force_namespaced: false,
+            mic_namespace: "default".into(),
+            retry: RetryPolicy::default(),
+            retry_interval: Duration::from_secs(5),
+            metadata_header_required: true,
+            set_retry_after_header: false,
+            block_instance_metadata: false,
+            imds_base: "http://169.254.169.254:80".into(),
+            imds_host: "169.254.169.254:80".into(),
+            pod_lookup_retries: 4,
+            pod_lookup_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub node: Arc<dyn NodeState>,
+    pub tokens: Arc<dyn TokenSource>,
+    pub metrics: Metrics,
+    proxy: reqwest::Client,
+    /// Principal IDs learnt from tokens' `oid` claims, by client ID (ours, for `object_id`).
+    object_ids: Arc<RwLock<HashMap<String, String>>>,
+}
+
+impl AppState {
+    pub fn new(config: Config, node: Arc<dyn NodeState>, tokens: Arc<dyn TokenSource>, metrics: Metrics) -> Self {
+        // IMDS must never be reached through an HTTP proxy; the original's client has no timeout.
+        let proxy = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+        Self { config: Arc::new(config), node, tokens, metrics, proxy, object_ids: Arc::default() }
+    }
+}
+
+/// The NMI listener's router. Every path goes through the original's route table.
+pub fn router(state: AppState) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    match query::route(&path, req.uri().query(), state.config.block_instance_metadata) {
+        Route::Redirect(to) => redirect(&to),
+        Route::Token => {
+            let (parts, _) = req.into_parts();
+            measured(&state, &path, parts.uri.query(), token(&state, peer, &parts)).await
+        }
+        Route::HostToken => {
+            let (parts, _) = req.into_parts();
+            measured(&state, &path, parts.uri.query(), host_token(&state, peer, &parts)).await
+        }
+        Route::InvalidRequest => NmiError::InvalidRequest.into_response(),
+        Route::InstanceBlocked => NmiError::InstanceBlocked.into_response(),
+        Route::Proxy => proxy(&state, req).await.unwrap_or_else(IntoResponse::into_response),
+    }
+}
+
+fn redirect(to: &str) -> Response {
+    match HeaderValue::from_str(to) {
+        Ok(location) => (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]).into_response(),
+        Err(_) => NmiError::InvalidRequest.into_response(),
+    }
+}
+
+/// Runs a token or host handler, records the original's histogram and logs the outcome.
+async fn measured(
+    state: &AppState,
+    path: &str,
+    query: Option<&str>,
+    handler: impl Future<Output = (Option<String>, Result<Response, NmiError>)>,
+) -> Response {
+    let started = Instant::now();
+    let (namespace, result) = handler.await;
+    let response = match result {
+        Ok(res) => res,
+        Err(err) => {
+            tracing::warn!(path, namespace = namespace.as_deref(), status = err.status().as_u16(), error = %err, "Token request refused");
+            err.into_response()
+        }
+    };
+    let resource = query::parse_token_query(query).map(|q| q.resource).unwrap_or_default();
+    let status = response.status().as_u16().to_string();
+    state
+        .metrics
+        .nmi_operations
+        .with_label_values(&[path, status.as_str(), namespace.as_deref().unwrap_or_default(), resource.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+// === Token endpoint ===
+
+async fn token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<String>, Result<Response, NmiError>) {
+    let early = (|| {
+        query::check_metadata_header(&req.headers, state.config.metadata_header_required)?;
+        let ip = caller_ipv4(peer).ok_or(NmiError::RemoteAddressEmpty)?;
+        Ok::<_, NmiError>((ip, query::parse_token_query(req.uri.query())?))
+    })();
+    let (ip, q) = match early {
+        Ok(v) => v,
+        Err(err) => return (None, Err(err)),
+    };
+    let pod = match find_pod(state, ip).await {
+        Ok(pod) => pod,
+        Err(err) => return (None, Err(err)),
+    };
+    let result = token_for_pod(state, &pod, &q).await;
+    (Some(pod.namespace), result)
+}
+
+async fn token_for_pod(state: &AppState, pod: &PodView, q: &TokenQuery) -> Result<Response, NmiError> {
+    let exceptions = state.node.exceptions(&pod.namespace);
+    if select::is_bypassed(pod, &exceptions, &state.config.mic_namespace) {
+        let client_id = q.identity.client_id.as_deref();
+        let token = state.tokens.node_token(client_id, &q.resource).await.map_err(|e| match e {
+            TokenFailure::Refused(m) | TokenFailure::Unavailable(m) => NmiError::BypassFailed(m),
+        })?;
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, resource = %q.resource, "Token for excepted pod from node IMDS");
+        return Ok(json_response(&token));
+    }
+    let identity = identities(state, (&pod.namespace, &pod.name), &q.identity, &q.resource)
+        .await
+        .map_err(|message| NmiError::IdentityNotFound { message, retry_after: state.config.set_retry_after_header })?;
+    let tokens = fetch_tokens(state, &identity, &q.resource).await?;
+    tracing::info!(pod = %pod.name, namespace = %pod.namespace, identity = %identity.name,
+        client_id = %redact_client_id(identity.client_id()), resource = %q.resource, "Token served");
+    Ok(match tokens.as_slice() {
+        [one] => json_response(one),
+        many => json_response(&many),
+    })
+}
+
+/// The caller's IPv4 address; the original parses `RemoteAddr` up to the first `:`.
+fn caller_ipv4(peer: SocketAddr) -> Option<IpAddr> {
+    match peer.ip() {
+        IpAddr::V4(v4) => Some(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+    }
+}
+
+/// The pod with the caller's IP: one attempt plus the original's 4 retries, 300 ms apart.
+async fn find_pod(state: &AppState, ip: IpAddr) -> Result<PodView, NmiError> {
+    let mut attempt = 0;
+    loop {
+        match select::match_pod(&state.node.pods(), ip) {
+            Ok(pod) => return Ok(pod),
+            Err(text) => {
+                state.metrics.kubernetes_errors.with_label_values(&[metrics::GET_POD_LIST]).inc();
+                if attempt >= state.config.pod_lookup_retries {
+                    return Err(NmiError::PodLookup(text));
+                }
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(state.config.pod_lookup_interval).await;
+    }
+}
+
+/// The pod's identity for this request, by mode; the error text becomes a 404 (or 503).
+async fn identities(
+    state: &AppState,
+    pod: (&str, &str),
+    req: &IdentityRequest,
+    resource: &str,
+) -> Result<IdentityView, String> {
+    match state.config.mode {
+        Mode::Managed => {
+            let (ns, name) = pod;
+            let view = state.node.pod(ns, name).ok_or_else(|| format!("pod {ns}/{name} not found on this node"))?;
+            let ids = with_object_ids(state, state.node.identities(ns));
+            select::managed_select(&view, &state.node.bindings(ns), &ids, req)
+        }
+        Mode::Standard => {
+            if req.object_id.is_some() {
+                learn_object_ids(state, pod, resource).await;
+            }
+            standard_identities(state, pod, req).await
+        }
+    }
+}
+
+/// The standard-mode loop: only sleeps; every decision is `select::standard_step`. Dropped
+/// (and so cancelled) when the client goes away, as the original's context.
+async fn standard_identities(
+    state: &AppState,
+    pod: (&str, &str),
+    req: &IdentityRequest,
+) -> Result<IdentityView, String> {
+    let cfg = &state.config;
+    let mut attempt = 0;
+    loop {
+        let assigned = state.node.assigned(pod.0, pod.1);
+        let assigned: Vec<AssignedView> = assigned
+            .into_iter()
+            .map(|mut a| {
+                a.identity = with_object_id(state, a.identity);
+                a
+            })
+            .collect();
+        match select::standard_step(pod, &assigned, req, attempt, cfg.retry) {
+            Step::Found(candidates) => return select::pick_identity(candidates, req, pod.0, cfg.force_namespaced),
+            Step::GiveUp(text) => return Err(text),
+            Step::Wait => {
+                tracing::debug!(namespace = pod.0, pod = pod.1, attempt, "Waiting for an assigned identity");
+                tokio::time::sleep(cfg.retry_interval).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn with_object_ids(state: &AppState, ids: Vec<IdentityView>) -> Vec<IdentityView> {
+    ids.into_iter().map(|id| with_object_id(state, id)).collect()
+}
+
+fn with_object_id(state: &AppState, mut id: IdentityView) -> IdentityView {
+    if id.object_id.is_none() {
+        let known = state.object_ids.read().unwrap_or_else(PoisonError::into_inner);
+        id.object_id = known.get(&id.client_id().to_ascii_lowercase()).cloned();
+    }
+    id
+}
+
+/// For `object_id` requests: fetch (cached) tokens of the pod's usable identities whose
+/// principal ID is not known yet, and learn it from their `oid` claim.
+async fn learn_object_ids(state: &AppState, pod: (&str, &str), resource: &str) {
+    for a in state.node.assigned(pod.0, pod.1) {
+        let usable = matches!(
+            a.state,
+            aadpodid_api::AssignedIdentityState::Assigned | aadpodid_api::AssignedIdentityState::Legacy
+        );
+        if usable && with_object_id(state, a.identity.clone()).object_id.is_none() {
+            let _ = fetch_tokens(state, &a.identity, resource).await;
+        }
+    }
+}
+
+async fn fetch_tokens(state: &AppState, identity: &IdentityView, resource: &str) -> Result<Vec<TokenJson>, NmiError> {
+    let tokens = state.tokens.identity_tokens(identity, resource).await.map_err(|e| match e {
+        TokenFailure::Refused(m) => NmiError::TokenRefused(m),
+        TokenFailure::Unavailable(m) => NmiError::TokenUnavailable(m),
+    })?;
+    if let Some(oid) = tokens.first().and_then(TokenJson::object_id) {
+        let mut known = state.object_ids.write().unwrap_or_else(PoisonError::into_inner);
+        known.insert(identity.client_id().to_ascii_lowercase(), oid);
+    }
+    Ok(tokens)
+}
+
+fn json_response<T: serde::Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(err) => NmiError::TokenUnavailable(format!("failed to encode the token response: {err}")).into_response(),
+    }
+}
+
+// === Host endpoint ===
+
+async fn host_token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<String>, Result<Response, NmiError>) {
+    let (ns, name) = match query::host_pod_headers(&req.headers) {
+        Ok(v) => v,
+        Err(err) => return (None, Err(err)),
+    };
+    let result = host_token_for(state, peer, req, (&ns, &name)).await;
+    (Some(ns), result)
+}
+
+async fn host_token_for(
+    state: &AppState,
+    peer: SocketAddr,
+    req: &Parts,
+    pod: (&str, &str),
+) -> Result<Response, NmiError> {
+    if peer.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+        return Err(NmiError::NotFromHost);
+    }
+    let q = query::parse_token_query(req.uri.query())?;
+    let identity = identities(state, pod, &q.identity, &q.resource)
+        .await
+        .map_err(|message| NmiError::IdentityNotFound { message, retry_after: false })?;
+    let tokens = fetch_tokens(state, &identity, &q.resource).await?;
+    let first = tokens.into_iter().next().unwrap_or_default();
+    Ok(json_response(&serde_json::json!({ "token": first, "clientid": identity.client_id() })))
+}
+
+// === Proxy ===
+
+/// Hop-by-hop headers and the ones IMDS must not see (it rejects `X-Forwarded-For`).
+const DROPPED_REQUEST_HEADERS: &[header::HeaderName] = &[
+    header::HOST,
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::UPGRADE,
+    header::TE,
+    header::PROXY_AUTHORIZATION,
+];
+const DROPPED_RESPONSE_HEADERS: &[header::HeaderName] =
+    &[header::CONNECTION, header::TRANSFER_ENCODING, header::CONTENT_LENGTH, header::UPGRADE];
+
+async fn proxy(state: &AppState, req: Request) -> Result<Response, NmiError> {
+    query::check_metadata_header(req.headers(), state.config.metadata_header_required)?;
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let url = format!("{}{path_and_query}", state.config.imds_base);
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.map_err(|e| NmiError::Proxy(e.to_string()))?;
+    let mut headers = parts.headers;
+    for name in DROPPED_REQUEST_HEADERS {
+        headers.remove(name);
+    }
+    headers.remove("x-forwarded-for");
+    if let Ok(host) = HeaderValue::from_str(&state.config.imds_host) {
+        headers.insert(header::HOST, host);
+    }
+    let upstream = state.proxy.request(parts.method, url).headers(headers).body(body).send().await;
+    let upstream =
+        upstream.map_err(|e| NmiError::Proxy(format!("failed to reach the instance metadata service: {e}")))?;
+    let status = upstream.status();
+    let mut out_headers = upstream.headers().clone();
+    for name in DROPPED_RESPONSE_HEADERS {
+        out_headers.remove(name);
+    }
+    let bytes = upstream.bytes().await.map_err(|e| NmiError::Proxy(e.to_string()))?;
+    let mut res = Response::new(Body::from(bytes));
+    *res.status_mut() = status;
+    *res.headers_mut() = out_headers;
+    Ok(res)
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
