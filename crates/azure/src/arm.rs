@@ -1,1 +1,0 @@
-//! ARM client for VM/VMSS identities (in progress).

@@ -1,0 +1,243 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::plan::*;
+use super::*;
+
+fn ids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn delta(entries: &[(&str, Change)]) -> BTreeMap<String, Change> {
+    entries.iter().map(|(id, c)| ((*id).to_owned(), *c)).collect()
+}
+
+fn uami(n: usize) -> String {
+    format!("/subscriptions/s/resourcegroups/rg/providers/microsoft.managedidentity/userassignedidentities/id-{n:03}")
+}
+
+// --- provider IDs ---
+
+#[test]
+fn vmss_provider_id_names_the_scale_set() {
+    let id = "azure:///subscriptions/fakeSub/resourceGroups/fakeGroup/providers/Microsoft.Compute/virtualMachineScaleSets/node4/virtualMachines/0";
+    assert_eq!(VmTarget::from_provider_id(id), Some(VmTarget::Vmss("node4".into())));
+}
+
+#[test]
+fn vm_provider_id_names_the_vm() {
+    let id =
+        "azure:///subscriptions/fakeSub/resourceGroups/fakeGroup/providers/Microsoft.Compute/virtualMachines/node3";
+    assert_eq!(VmTarget::from_provider_id(id), Some(VmTarget::Vm("node3".into())));
+}
+
+#[test]
+fn provider_id_matching_is_case_insensitive() {
+    let id = "azure:///SUBSCRIPTIONS/s/RESOURCEGROUPS/rg/providers/microsoft.compute/virtualmachinescalesets/pool/virtualmachines/7";
+    assert_eq!(VmTarget::from_provider_id(id), Some(VmTarget::Vmss("pool".into())));
+}
+
+#[test]
+fn empty_provider_id_is_none_and_garbage_is_an_error() {
+    assert_eq!(VmTarget::parse_provider_id(""), Ok(None));
+    assert_eq!(VmTarget::from_provider_id(""), None);
+    for bad in ["asdf", "/subscriptions/asdf/resourceGroups/qwery", "kind://node-1"] {
+        assert!(VmTarget::parse_provider_id(bad).is_err(), "{bad}");
+        assert_eq!(VmTarget::from_provider_id(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn provider_ids_of_other_resource_types_are_not_targets() {
+    let other =
+        "/subscriptions/asdf/resourceGroups/qwerty/providers/testCompute/myComputeObjectType/testComputeResource";
+    assert_eq!(VmTarget::parse_provider_id(other), Ok(None));
+}
+
+#[test]
+fn targets_know_their_name_kind_and_operations() {
+    let vmss = VmTarget::Vmss("pool".into());
+    assert_eq!((vmss.name(), vmss.is_vmss(), vmss.to_string()), ("pool", true, "vmss pool".to_owned()));
+    assert_eq!(vmss.read_operation(), ArmOperation::VmssGet);
+    assert_eq!(VmTarget::Vm("n".into()).write_operation(), ArmOperation::VmUpdate);
+    let labels: Vec<&str> =
+        [ArmOperation::VmGet, ArmOperation::VmUpdate, ArmOperation::VmssGet, ArmOperation::VmssUpdate]
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+    assert_eq!(labels, ["vm_get", "vm_update", "vmss_get", "vmss_update"]);
+}
+
+#[test]
+fn throttled_error_reads_like_the_original() {
+    let err = ArmError::Throttled { operation: ArmOperation::VmssUpdate, retry_after: Duration::from_secs(3) };
+    assert_eq!(err.to_string(), "VMSSUpdate client throttled, retry after: 3s");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+}
+
+// --- identity types ---
+
+#[test]
+fn identity_types_parse_arm_spellings() {
+    assert_eq!(IdentityType::parse("SystemAssigned, UserAssigned"), IdentityType::SystemAssignedUserAssigned);
+    assert_eq!(IdentityType::parse("systemassigned,userassigned"), IdentityType::SystemAssignedUserAssigned);
+    assert_eq!(IdentityType::parse("UserAssigned"), IdentityType::UserAssigned);
+    assert_eq!(IdentityType::parse("SystemAssigned"), IdentityType::SystemAssigned);
+    assert_eq!(IdentityType::parse("None"), IdentityType::None);
+    assert_eq!(IdentityType::parse(""), IdentityType::None);
+    assert_eq!(IdentityType::SystemAssignedUserAssigned.as_str(), "SystemAssigned, UserAssigned");
+}
+
+// --- delta and type transitions ---
+
+#[test]
+fn adding_to_a_bare_node_sends_user_assigned_with_the_new_ids() {
+    let patch = plan_update(IdentityType::None, &[], &ids(&["/A", "/B"]), &[]).unwrap();
+    assert_eq!(patch.identity_type, IdentityType::UserAssigned);
+    assert_eq!(patch.delta, delta(&[("/a", Change::Add), ("/b", Change::Add)]));
+}
+
+#[test]
+fn adding_next_to_a_system_identity_keeps_it() {
+    let patch = plan_update(IdentityType::SystemAssigned, &[], &ids(&["/a"]), &[]).unwrap();
+    assert_eq!(patch.identity_type, IdentityType::SystemAssignedUserAssigned);
+}
+
+#[test]
+fn only_the_delta_is_sent_and_existing_ids_are_untouched() {
+    let patch =
+        plan_update(IdentityType::UserAssigned, &ids(&["/X", "/y"]), &ids(&["/x", "/z"]), &ids(&["/y"])).unwrap();
+    assert_eq!(patch.identity_type, IdentityType::UserAssigned);
+    assert_eq!(patch.delta, delta(&[("/y", Change::Remove), ("/z", Change::Add)]));
+}
+
+#[test]
+fn nothing_to_change_sends_no_patch() {
+    assert_eq!(plan_update(IdentityType::UserAssigned, &ids(&["/a"]), &ids(&["/A"]), &[]), None);
+    assert_eq!(plan_update(IdentityType::UserAssigned, &ids(&["/a"]), &[], &ids(&["/missing"])), None);
+}
+
+#[test]
+fn an_id_both_added_and_removed_ends_up_added() {
+    let patch = plan_update(IdentityType::None, &[], &ids(&["/a"]), &ids(&["/A"])).unwrap();
+    assert_eq!(patch.delta, delta(&[("/a", Change::Add)]));
+    assert_eq!(plan_update(IdentityType::UserAssigned, &ids(&["/a"]), &ids(&["/a"]), &ids(&["/a"])), None);
+}
+
+#[test]
+fn removing_the_last_user_identity_omits_the_map_and_falls_back_to_none() {
+    let patch = plan_update(IdentityType::UserAssigned, &ids(&["/a"]), &[], &ids(&["/A"])).unwrap();
+    assert_eq!(patch, IdentityPatch { identity_type: IdentityType::None, delta: BTreeMap::new() });
+    assert_eq!(patch.bodies(150), vec![json!({"identity": {"type": "None"}})]);
+}
+
+#[test]
+fn removing_the_last_user_identity_keeps_the_system_identity() {
+    let patch = plan_update(IdentityType::SystemAssignedUserAssigned, &ids(&["/a"]), &[], &ids(&["/a"])).unwrap();
+    assert_eq!(patch.identity_type, IdentityType::SystemAssigned);
+    assert!(patch.delta.is_empty());
+    // The original would have sent None here and dropped the system identity.
+    let stale = plan_update(IdentityType::SystemAssigned, &[], &[], &ids(&["/gone"])).unwrap();
+    assert_eq!(stale.identity_type, IdentityType::SystemAssigned);
+}
+
+#[test]
+fn patch_body_maps_adds_to_objects_and_removes_to_null() {
+    let patch = IdentityPatch {
+        identity_type: IdentityType::SystemAssignedUserAssigned,
+        delta: delta(&[("/a", Change::Add), ("/b", Change::Remove)]),
+    };
+    assert_eq!(
+        patch.bodies(150),
+        vec![json!({"identity": {"type": "SystemAssigned, UserAssigned",
+                                  "userAssignedIdentities": {"/a": {}, "/b": null}}})]
+    );
+}
+
+// --- chunking ---
+
+#[test]
+fn deltas_are_cut_into_chunks_of_at_most_150_removals_first() {
+    let mut big = BTreeMap::new();
+    for n in 0..320 {
+        big.insert(uami(n), if n % 4 == 0 { Change::Remove } else { Change::Add });
+    }
+    let parts = chunks(&big, MAX_IDENTITIES_PER_REQUEST);
+    assert_eq!(parts.iter().map(BTreeMap::len).collect::<Vec<_>>(), [150, 150, 20]);
+    assert_eq!(parts[0].values().filter(|c| **c == Change::Remove).count(), 80, "all removals go first");
+    let rejoined: BTreeMap<String, Change> = parts.into_iter().flatten().collect();
+    assert_eq!(rejoined, big);
+}
+
+#[test]
+fn exactly_150_is_one_chunk_and_empty_is_one_type_only_chunk() {
+    let full: BTreeMap<String, Change> = (0..150).map(|n| (uami(n), Change::Add)).collect();
+    assert_eq!(chunks(&full, 150).len(), 1);
+    assert_eq!(chunks(&BTreeMap::new(), 150), vec![BTreeMap::new()]);
+    assert_eq!(chunks(&full, 0).len(), 150, "a zero limit is treated as one");
+}
+
+// --- bad identities (fixtures from the original's tests) ---
+
+#[test]
+fn bad_identity_is_extracted_from_a_linked_scope_message() {
+    let message = "on the linked scope(s) '/subscriptions/xxxxxxxx-1234-5678-xxxx-xxxxxxxxxxxx/resourcegroups/rg-1234/providers/Microsoft.ManagedIdentity/userAssignedIdentities/user-id-1' or the linked scope(s) are invalid";
+    assert_eq!(
+        extract_bad_identities(message),
+        [
+            "/subscriptions/xxxxxxxx-1234-5678-xxxx-xxxxxxxxxxxx/resourcegroups/rg-1234/providers/Microsoft.ManagedIdentity/userAssignedIdentities/user-id-1"
+        ]
+    );
+}
+
+#[test]
+fn several_bad_identities_are_split_on_commas() {
+    let message = "on the linked scope(s) '/subscriptions/xxxxxxxx-1234-5678-xxxx-xxxxxxxxxxxx/resourcegroups/rg-1234/providers/Microsoft.ManagedIdentity/userAssignedIdentities/user-id-1,/subscriptions/xxxxxxxx-4321-8765-xxxx-xxxxxxxxxxxx/resourcegroups/rg-4567/providers/Microsoft.ManagedIdentity/userAssignedIdentities/user-id-2' or the linked scope(s) are invalid";
+    assert_eq!(
+        extract_bad_identities(message),
+        [
+            "/subscriptions/xxxxxxxx-1234-5678-xxxx-xxxxxxxxxxxx/resourcegroups/rg-1234/providers/Microsoft.ManagedIdentity/userAssignedIdentities/user-id-1",
+            "/subscriptions/xxxxxxxx-4321-8765-xxxx-xxxxxxxxxxxx/resourcegroups/rg-4567/providers/Microsoft.ManagedIdentity/userAssignedIdentities/user-id-2",
+        ]
+    );
+}
+
+#[test]
+fn messages_without_quoted_identities_yield_none() {
+    assert!(extract_bad_identities("error message").is_empty());
+    assert!(extract_bad_identities("").is_empty());
+    assert!(extract_bad_identities("'/subscriptions/s/resourcegroups/rg/providers/Other.Thing/x/y'").is_empty());
+}
+
+#[test]
+fn only_the_two_arm_codes_trigger_pruning() {
+    assert!(is_bad_identity_error("ARM answered HTTP 403: LinkedAuthorizationFailed: ..."));
+    assert!(is_bad_identity_error("long-running operation Failed: FailedIdentityOperation: ..."));
+    assert!(!is_bad_identity_error("ARM answered HTTP 403: AuthorizationFailed: ..."));
+}
+
+// --- Retry-After ---
+
+#[test]
+fn retry_after_reads_seconds_and_http_dates() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000); // Tue, 14 Nov 2023 22:13:20 GMT
+    assert_eq!(parse_retry_after("180", now), Some(Duration::from_secs(180)));
+    assert_eq!(parse_retry_after(" 5 ", now), Some(Duration::from_secs(5)));
+    assert_eq!(parse_retry_after("Tue, 14 Nov 2023 22:16:20 GMT", now), Some(Duration::from_secs(180)));
+    assert_eq!(parse_retry_after("0", now), None);
+    assert_eq!(parse_retry_after("-3", now), None);
+    assert_eq!(parse_retry_after("Tue, 14 Nov 2023 22:10:20 GMT", now), None, "a past date is no wait");
+    assert_eq!(parse_retry_after("14 Nov 23 22:16 UTC", now), None, "RFC 822 is not accepted, as in the original");
+    assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+}
+
+// --- NodeIdentities ---
+
+#[test]
+fn node_identities_answer_membership_ignoring_case() {
+    let node = NodeIdentities { user_assigned: ids(&["/a", "/b"]), ..Default::default() };
+    assert!(node.has_user_assigned("/B"));
+    assert!(!node.has_user_assigned("/c"));
+}
