@@ -77,8 +77,12 @@ impl AadClient {
         resource: &str,
     ) -> Result<Token, TokenError> {
         let url = token_url(authority, tenant_id)?;
+        // The documented audience is the token endpoint without query (adal sent the query too;
+        // Azure AD accepts both).
+        let mut audience = url.clone();
+        audience.set_query(None);
         let jti = uuid::Uuid::new_v4().to_string();
-        let assertion = certificate.assertion(client_id, url.as_str(), SystemTime::now(), &jti)?;
+        let assertion = certificate.assertion(client_id, audience.as_str(), SystemTime::now(), &jti)?;
         let form = [
             ("grant_type", "client_credentials"),
             ("client_id", client_id),
