@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use tracing::info;
 
 use crate::cloud::{AzureEnvironment, CloudConfig};
-use crate::token::{AadClient, IdentitySelector, ImdsClient, Token, TokenError};
+use crate::http::HttpOptions;
+use crate::token::{AadClient, IdentitySelector, ImdsClient, RetryPolicy, Token, TokenError};
 
 /// Anything that hands out ARM bearer tokens.
 #[async_trait::async_trait]
@@ -109,6 +110,24 @@ impl ArmTokenProvider {
         };
         info!(credential = credential_kind, "ARM authentication configured");
         Self { credential, resource: resource.into(), aad, imds, cache: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The original MIC's wiring in one call: the credential azure.json names, tokens for the
+    /// environment's management resource, Azure AD over `http` and IMDS at `imds_url` (normally
+    /// [`crate::token::DEFAULT_IMDS_URL`]) with adal's retries.
+    pub fn from_cloud_config(
+        config: &CloudConfig,
+        environment: &AzureEnvironment,
+        http: &HttpOptions,
+        imds_url: &str,
+    ) -> Result<Self, TokenError> {
+        let imds = ImdsClient::with_options(imds_url, http, RetryPolicy::adal())?;
+        Ok(Self::new(
+            ArmCredential::from_cloud_config(config, environment),
+            environment.management_resource(),
+            AadClient::new(http)?,
+            imds,
+        ))
     }
 
     async fn fetch(&self) -> Result<Token, TokenError> {
