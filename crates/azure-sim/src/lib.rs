@@ -1,0 +1,133 @@
+//! # aadpodid-azure-sim: a stand-in for Azure that keeps state and speaks the real wire formats
+//!
+//! Three faces over one in-memory state ([`Simulator`]):
+//!
+//! ```text
+//!   ARM (http + https) ──┐                      ┌── IMDS node "vm-1"        (serve_imds)
+//!   AAD (http + https) ──┼── Simulator (state) ─┼── IMDS node "pool_0"
+//!   /admin (on ARM)    ──┘                      └── IMDS node "pool_1" ...
+//! ```
+//!
+//! A token comes out of a node's IMDS only if the identity was attached to the node's VM (or its VMSS)
+//! through ARM *and the write's long-running operation has completed*.
+//!
+//! ## Library use (tests)
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use aadpodid_azure_sim::{Simulator, SimConfig, NodeRef};
+//! let sim = Simulator::start(SimConfig::default()).await?;
+//! sim.create_vmss("node-rg", "pool", 2);
+//! let id = sim.create_user_assigned_identity("id-rg", "reader");
+//! let imds = sim.serve_imds(std::net::TcpListener::bind("127.0.0.1:0")?, NodeRef::vmss_instance("pool", 0))?;
+//! let token = sim.arm_token()?; // bearer for ARM, or get one from the AAD face
+//! // PATCH {arm_url}/subscriptions/{sub}/resourceGroups/node-rg/providers/Microsoft.Compute/
+//! //       virtualMachineScaleSets/pool?api-version=2019-12-01  {"identity":{"type":"UserAssigned",
+//! //       "userAssignedIdentities":{"<id.id>":{}}}}, then poll Azure-AsyncOperation, then
+//! // GET {imds.url()}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=...  (Metadata: true)
+//! # let _ = (sim.arm_url(), id, imds, token); Ok(()) }
+//! ```
+//! [`SimConfig::default`] binds everything on `127.0.0.1` free ports, with no ARM latency and instant
+//! long-running operations. Set [`SimConfig::lro_duration`] (or [`Simulator::set_lro_duration`]) to make
+//! writes stay `InProgress`, and [`SimConfig::arm_latency`] for realistic benchmarks (1–2 s).
+//!
+//! ## ARM face
+//! - `GET|PUT|PATCH /subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}`
+//!   and `.../virtualMachineScaleSets/{vmss}`; paths case-insensitive. `identity.type` `None`,
+//!   `SystemAssigned`, `UserAssigned`, `SystemAssigned, UserAssigned`; `userAssignedIdentities` keyed by
+//!   resource ID (compared case-insensitively), values `{principalId, clientId}`.
+//!   PATCH merges: `{}` attaches, `null` detaches, others are untouched; a PATCH that leaves
+//!   `UserAssigned` with no identity is a 400 `InvalidParameter` (send `SystemAssigned` or `None`, as the
+//!   original MIC does). PUT replaces the identity block (and creates the VM/VMSS if missing).
+//! - Writes answer 200 (201 when a PUT creates) with the model (`provisioningState: Updating` while the
+//!   operation runs), `Azure-AsyncOperation: .../providers/Microsoft.Compute/locations/{loc}/operations/{id}`
+//!   and, when the LRO duration is non-zero, `Retry-After`. Polling answers `{"status":"InProgress"}` then
+//!   `{"status":"Succeeded"}`. GETs show the new model at once; IMDS sees it when the operation completes.
+//!   Writes to one VM/VMSS queue behind each other.
+//! - Errors are `{"error":{"code","message"}}`: missing api-version → 400 `MissingApiVersionParameter`;
+//!   unknown → 400 `InvalidApiVersionParameter` (see [`arm::COMPUTE_API_VERSIONS`]); unknown VM/VMSS/identity
+//!   → 404 `ResourceNotFound`; unknown subscription → 404 `SubscriptionNotFound`; attaching identities that
+//!   do not exist → 404 `FailedIdentityOperation` whose message quotes the bad IDs single-quoted and
+//!   comma-separated (`... identities '<id1>,<id2>' were not found ...`), which the original MIC's
+//!   extraction regex parses; malformed IDs → 400 `LinkedInvalidPropertyId`; bad JSON → 400
+//!   `InvalidRequestContent`.
+//! - `PUT|GET|DELETE .../providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}`;
+//!   `GET /subscriptions` and `GET /subscriptions/{id}` (the Azure CLI lists them after login).
+//! - A bearer token issued by the AAD face (or [`Simulator::arm_token`]) for `https://management.azure.com/`
+//!   (with or without slash; also `https://management.core.windows.net/` and the simulator's own ARM URLs)
+//!   is required: otherwise 401 `AuthenticationFailed` / `InvalidAuthenticationToken` /
+//!   `ExpiredAuthenticationToken` / `InvalidAuthenticationTokenAudience` with `WWW-Authenticate`.
+//!
+//! Operation names (for faults and counters): `vm_get`, `vm_update` (PATCH), `vm_create_or_update` (PUT),
+//! the same with `vmss_`, `identity_get|create_or_update|delete`, `operation_get` (LRO polls),
+//! `subscriptions_list`, `subscription_get`.
+//!
+//! ## Azure AD face
+//! `POST /{tenant}/oauth2/token` (v1, `resource`; string `expires_in`, `expires_on`, `not_before`,
+//! `ext_expires_in`) and `POST /{tenant}/oauth2/v2.0/token` (v2, `scope` ending `/.default`; numeric
+//! `expires_in`), client credentials with `client_secret`, a certificate `client_assertion` (RS256 JWT with
+//! `x5t` of a registered certificate, `iss` = `sub` = client ID, `aud` = the token endpoint) or a federated
+//! `client_assertion` (issuer + subject + audience `api://AzureADTokenExchange`, verified with the
+//! registered JWKS). Tokens are RS256 JWTs with `aud`, `iss` (`https://sts.windows.net/<tid>/`), `tid`,
+//! `oid`, `appid`, `exp`, `nbf`, `iat` (and `xms_mirid` for managed identities), verifiable with the JWKS at
+//! `/{tenant}/discovery/keys`, `/{tenant}/discovery/v2.0/keys`, `/common/discovery/keys`; discovery at
+//! `/{tenant}/v2.0/.well-known/openid-configuration` and `/{tenant}/.well-known/openid-configuration`.
+//! Errors: wrong secret → 401 `invalid_client` AADSTS7000215; unknown client → 400 `unauthorized_client`
+//! AADSTS700016; bad assertion signature → 401 `invalid_client` AADSTS700027; no matching federated
+//! credential → 400 `invalid_request` AADSTS70021; missing parameter → 400 AADSTS900144; unknown tenant →
+//! 400 AADSTS90002. Operation names: `token`, `keys`, `openid_configuration`.
+//! User-assigned identities are also AAD clients (federated credentials can be registered on them).
+//!
+//! ## IMDS face (one per node)
+//! `GET /metadata/identity/oauth2/token` exactly as Azure's IMDS: `Metadata: true` required, any
+//! `X-Forwarded-For` rejected, `api-version` required (400 with `newest-versions`), `resource` required,
+//! at most one of `client_id`, `object_id` (`principal_id`), `msi_res_id` (`mi_res_id`); duplicate
+//! parameters rejected. Identity not on the node → 400 `{"error":"invalid_request","error_description":
+//! "Identity not found"}`; several user-assigned and no selector and no system-assigned → 400 with IMDS's
+//! "Multiple user assigned identities exist..." text. Success: all-string JSON `access_token, client_id,
+//! expires_in, expires_on, ext_expires_in, not_before, resource, token_type`. Also `/metadata/instance`
+//! (compute block) and `/metadata/versions`; other paths 404. Operation names: `imds_token`, `instance`,
+//! `versions`; fault targets are node names (VM name or `<vmss>_<instance>`).
+//!
+//! ## Faults and counters
+//! [`Simulator::inject`] a [`Fault`] (face, optional operation, optional target, kind = latency, 429 with
+//! `Retry-After`, status code, or down = connection closed without an answer; for the next N calls or
+//! forever). [`Simulator::counters`] counts every call per `face/operation` (faulted ones included) and
+//! ARM reads/writes per VM/VMSS ([`Counters::arm_writes`]).
+//!
+//! ## Admin API (on both ARM listeners, no auth)
+//! `GET /admin/info`, `GET /admin/state`, `POST /admin/seed` (seed YAML/JSON, see [`seed`]),
+//! `POST /admin/vms {resourceGroup,name}`, `POST /admin/vmss {resourceGroup,name,instances}`,
+//! `POST /admin/identities {resourceGroup,name[,clientId,principalId]}` (answers like
+//! `az identity create -o json`), `POST /admin/service-principals {clientId[,secret][,certificatePem]}`,
+//! `POST /admin/federated-credentials {clientId,issuer,subject,jwks}`, `GET|POST|DELETE /admin/faults`
+//! (a [`Fault`] as JSON, e.g. `{"face":"arm","operation":"vmss_update","kind":{"type":"throttle",
+//! "retryAfter":"5s"},"count":1}`), `GET|DELETE /admin/counters`, `GET|PUT /admin/timing
+//! {armLatency,lroDuration}` (milliseconds).
+//!
+//! ## HTTPS and the original MIC
+//! ARM and AAD also listen on HTTPS with a certificate for `127.0.0.1`, `::1`, `localhost` (and
+//! [`SimConfig::tls_names`]) signed by a CA generated for the run, written to
+//! [`RunningSim::ca_cert_pem_path`]. [`RunningSim::write_azure_stack_environment`] writes the autorest
+//! environment file for `cloud: AzureStackCloud` + `AZURE_ENVIRONMENT_FILEPATH`.
+#![recursion_limit = "256"]
+
+pub mod aad;
+pub mod admin;
+pub mod arm;
+mod der;
+pub mod envfile;
+pub mod faults;
+pub mod imds;
+pub mod jwt;
+pub mod seed;
+mod server;
+mod sim;
+pub mod state;
+pub mod tls;
+
+pub use faults::{Counters, Face, Fault, FaultKind, TargetCounts};
+pub use sim::{
+    BUILTIN_CLIENT_ID, DEFAULT_SUBSCRIPTION_ID, DEFAULT_TENANT_ID, Endpoints, ImdsHandle, RunningSim, SimConfig,
+    SimError, Simulator, Timing,
+};
+pub use state::{AttachedIdentity, ComputeKind, Identities, IdentityInfo, NodeRef, SystemIdentity};
