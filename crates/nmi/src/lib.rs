@@ -3,15 +3,22 @@
 //!
 //! ```text
 //! main → run ─┬─ iptables (chain aad-metadata, reconciled)
-//!             ├─ store (kube reflectors) ──► NodeState ─┐
-//!             ├─ tokens (IMDS / Azure AD + cache) ──────┼─► server (axum; no kube) ◄─ pods
-//!             └─ probes, metrics                          │    query, select, errors: pure
+//!             ├─ store (kube reflectors) ──► NodeState ──┐
+//!             ├─ tokens (IMDS / Azure AD + cache) ──────┴─► server (axum; no kube)
+//!             └─ probes, metrics                               query, select, errors: pure
 //! ```
 
+pub mod args;
 pub mod cache;
 pub mod errors;
+pub mod iptables;
 pub mod metrics;
 pub mod query;
+mod run;
 pub mod select;
 pub mod server;
+pub mod store;
 pub mod token;
+pub mod tokens;
+
+pub use run::run;

@@ -1,0 +1,158 @@
+//! NMI's command line: the original's flag spellings and defaults (upstream §3.1), a
+//! compatibility contract since DaemonSets pass them. Go's `-name` and `--bool=false` forms
+//! are accepted after `aadpodid_runtime::goflags::normalize_args`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// Flags of the `nmi` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "nmi", version, about = "NMI, the Node Managed Identity daemon of AAD Pod Identity")]
+pub struct Args {
+    /// Address NMI listens on; the iptables DNAT target (0.0.0.0 means 127.0.0.1 there).
+    #[arg(long = "nmi-listen-address", default_value = "127.0.0.1")]
+    pub listen_address: Ipv4Addr,
+    /// Port NMI listens on.
+    #[arg(long = "nmi-port", default_value_t = 2579)]
+    pub nmi_port: u16,
+    /// IP address of the instance metadata service.
+    #[arg(long = "metadata-ip", default_value = "169.254.169.254")]
+    pub metadata_ip: Ipv4Addr,
+    /// Port of the instance metadata service.
+    #[arg(long = "metadata-port", default_value_t = 80)]
+    pub metadata_port: u16,
+    /// Name of the node NMI runs on (usually `$(NODE_NAME)`).
+    #[arg(long = "node", default_value = "")]
+    pub node: String,
+    /// Seconds between iptables checks.
+    #[arg(long = "ipt-update-interval-sec", default_value_t = 60)]
+    pub ipt_update_interval_sec: u64,
+    /// Only use identities and bindings of the pod's own namespace.
+    #[arg(long = "forceNamespaced", env = "FORCENAMESPACED", num_args = 0..=1, default_missing_value = "true",
+        require_equals = true, default_value = "false")]
+    pub force_namespaced: bool,
+    /// Namespace of MIC pods, which get node tokens directly.
+    #[arg(long = "MICNamespace", default_value = "default")]
+    pub mic_namespace: String,
+    /// Port of `/healthz`.
+    #[arg(long = "http-probe-port", default_value_t = 8080)]
+    pub http_probe_port: u16,
+    /// Attempts to wait for an AzureAssignedIdentity to be created.
+    #[arg(long = "retry-attempts-for-created", default_value_t = 16)]
+    pub retry_attempts_for_created: u32,
+    /// Further attempts to wait for a created AzureAssignedIdentity to be assigned.
+    #[arg(long = "retry-attempts-for-assigned", default_value_t = 4)]
+    pub retry_attempts_for_assigned: u32,
+    /// Seconds between those attempts.
+    #[arg(long = "find-identity-retry-interval", default_value_t = 5)]
+    pub find_identity_retry_interval: u64,
+    /// Accepted for compatibility; profiling endpoints are never exposed.
+    #[arg(long = "enableProfile", num_args = 0..=1, default_missing_value = "true", require_equals = true,
+        default_value = "false")]
+    pub enable_profile: bool,
+    /// Watch only this node's AzureAssignedIdentities (label `nodename`).
+    #[arg(long = "enableScaleFeatures", num_args = 0..=1, default_missing_value = "true", require_equals = true,
+        default_value = "true")]
+    pub enable_scale_features: bool,
+    /// Answer 403 to `/metadata/instance` requests.
+    #[arg(long = "block-instance-metadata", num_args = 0..=1, default_missing_value = "true", require_equals = true,
+        default_value = "false")]
+    pub block_instance_metadata: bool,
+    /// Require `Metadata: true` as IMDS does.
+    #[arg(long = "metadata-header-required", num_args = 0..=1, default_missing_value = "true",
+        require_equals = true, default_value = "true")]
+    pub metadata_header_required: bool,
+    /// Port of `/metadata`.
+    #[arg(long = "prometheus-port", default_value_t = 9090)]
+    pub prometheus_port: u16,
+    /// `standard` (with MIC) or `managed` (bindings read directly).
+    #[arg(long = "operation-mode", default_value = "standard")]
+    pub operation_mode: String,
+    /// Run even where the kubelet uses kubenet.
+    #[arg(long = "allow-network-plugin-kubenet", num_args = 0..=1, default_missing_value = "true",
+        require_equals = true, default_value = "false")]
+    pub allow_network_plugin_kubenet: bool,
+    /// Kubelet defaults file read by the kubenet guard.
+    #[arg(long = "kubelet-config", default_value = "/etc/default/kubelet")]
+    pub kubelet_config: PathBuf,
+    /// Answer 503 with `Retry-After: 20` instead of 404 while no identity is found.
+    #[arg(long = "set-retry-after-header", num_args = 0..=1, default_missing_value = "true",
+        require_equals = true, default_value = "false")]
+    pub set_retry_after_header: bool,
+    /// Delete conntrack entries to IMDS after the first rule install (needs `conntrack`).
+    #[arg(long = "enable-conntrack-deletion", num_args = 0..=1, default_missing_value = "true",
+        require_equals = true, default_value = "false")]
+    pub enable_conntrack_deletion: bool,
+    /// `text` or `json`.
+    #[arg(long = "log-format", default_value = "text")]
+    pub log_format: String,
+    /// Appended to the User-Agent.
+    #[arg(long = "custom-user-agent", default_value = "")]
+    pub custom_user_agent: String,
+    /// Kubeconfig; otherwise in-cluster configuration.
+    #[arg(long = "kubeconfig", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Seconds to wait after removing the rules on SIGTERM before exiting (the original: 10).
+    #[arg(long = "termination-wait-sec", env = "NMI_TERMINATION_WAIT_SEC", default_value_t = 10, hide = true)]
+    pub termination_wait_sec: u64,
+    /// PEM file of extra root CAs for Azure AD (e.g. a simulator's); not in the original.
+    #[arg(long = "extra-root-ca-file", env = "AADPODID_EXTRA_ROOT_CA_FILE", hide = true)]
+    pub extra_root_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub klog: aadpodid_runtime::goflags::KlogArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(aadpodid_runtime::goflags::normalize_args(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let a = parse(&["nmi"]);
+        assert_eq!((a.listen_address, a.nmi_port), (Ipv4Addr::LOCALHOST, 2579));
+        assert_eq!((a.metadata_ip, a.metadata_port), (Ipv4Addr::new(169, 254, 169, 254), 80));
+        assert_eq!((a.ipt_update_interval_sec, a.http_probe_port, a.prometheus_port), (60, 8080, 9090));
+        assert_eq!(
+            (a.retry_attempts_for_created, a.retry_attempts_for_assigned, a.find_identity_retry_interval),
+            (16, 4, 5)
+        );
+        assert!(a.enable_scale_features && a.metadata_header_required);
+        assert!(!a.block_instance_metadata && !a.set_retry_after_header && !a.allow_network_plugin_kubenet);
+        assert_eq!(a.operation_mode, "standard");
+        assert_eq!(a.kubelet_config, PathBuf::from("/etc/default/kubelet"));
+        assert_eq!(a.termination_wait_sec, 10);
+    }
+
+    #[test]
+    fn manifest_command_lines_parse() {
+        let a = parse(&[
+            "nmi",
+            "--node=aks-1",
+            "--http-probe-port=8085",
+            "--operation-mode=managed",
+            "--forceNamespaced=true",
+            "-metadata-header-required=false",
+            "--enableScaleFeatures=false",
+            "--logtostderr",
+            "-v=2",
+            "--MICNamespace=kube-system",
+            "--block-instance-metadata",
+        ]);
+        assert_eq!(a.node, "aks-1");
+        assert_eq!(a.http_probe_port, 8085);
+        assert!(a.force_namespaced && a.block_instance_metadata);
+        assert!(!a.metadata_header_required && !a.enable_scale_features);
+        assert_eq!(a.mic_namespace, "kube-system");
+    }
+
+    #[test]
+    fn unknown_flags_are_rejected_like_pflag() {
+        let err = Args::try_parse_from(["nmi", "--host-ip=10.0.0.1"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+}

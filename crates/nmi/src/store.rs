@@ -1,0 +1,271 @@
+//! What NMI watches (upstream §3.2): pods of this node (field selector `spec.nodeName`),
+//! AzureAssignedIdentities (label `nodename=<node>` with scale features) in standard mode,
+//! bindings and identities in managed mode, exceptions always; plus Secret reads for service
+//! principals. Turns the caches into the plain views `server` and `select` work on.
+//!
+//! The only module besides `run` that talks to kube. Decides nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aadpodid_api::names::NODENAME_LABEL;
+use aadpodid_api::view::is_namespaced;
+use aadpodid_api::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+
+use crate::select::{AssignedView, BindingView, IdentityView, PodView};
+use crate::server::{Mode, NodeState};
+use crate::tokens::SecretReader;
+
+/// The watch caches of one node.
+#[derive(Clone)]
+pub struct KubeStore {
+    pods: Store<Pod>,
+    exceptions: Store<AzurePodIdentityException>,
+    assigned: Option<Store<AzureAssignedIdentity>>,
+    bindings: Option<Store<AzureIdentityBinding>>,
+    identities: Option<Store<AzureIdentity>>,
+}
+
+/// Keeps only what NMI reads of a pod: name, namespace, labels, owner, IP, phase, hostNetwork.
+pub fn strip_pod(pod: &mut Pod) {
+    let spec = pod.spec.take().unwrap_or_default();
+    let status = pod.status.take().unwrap_or_default();
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.finalizers = None;
+    pod.spec = Some(PodSpec { node_name: spec.node_name, host_network: spec.host_network, ..Default::default() });
+    pod.status = Some(PodStatus { pod_ip: status.pod_ip, phase: status.phase, ..Default::default() });
+}
+
+fn strip_meta<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+fn spawn_watch<K>(api: Api<K>, config: watcher::Config, strip: fn(&mut K)) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
+    (reader, tokio::spawn(drive(stream, K::kind(&()).into_owned())))
+}
+
+async fn drive<K>(stream: impl Stream<Item = watcher::Result<watcher::Event<K>>>, kind: String) {
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        if let Err(error) = ev {
+            tracing::warn!(%error, kind = %kind, "Watch failed; retrying");
+        }
+    }
+}
+
+impl KubeStore {
+    /// Starts the watches for `node` in `mode`. `scale_features` limits AzureAssignedIdentities
+    /// to this node's by label, as `--enableScaleFeatures` does.
+    pub fn start(client: &Client, node: &str, mode: Mode, scale_features: bool) -> (Self, Vec<JoinHandle<()>>) {
+        let pods_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}")).any_semantic();
+        let cfg = watcher::Config::default().any_semantic();
+        let (pods, t1) = spawn_watch(Api::all(client.clone()), pods_cfg, strip_pod);
+        let (exceptions, t2) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta);
+        let mut tasks = vec![t1, t2];
+        let mut store = Self { pods, exceptions, assigned: None, bindings: None, identities: None };
+        match mode {
+            Mode::Standard => {
+                let aai_cfg = if scale_features { cfg.labels(&format!("{NODENAME_LABEL}={node}")) } else { cfg };
+                let (assigned, t) = spawn_watch(Api::all(client.clone()), aai_cfg, strip_meta);
+                store.assigned = Some(assigned);
+                tasks.push(t);
+            }
+            Mode::Managed => {
+                let (bindings, t3) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta);
+                let (identities, t4) = spawn_watch(Api::all(client.clone()), cfg, strip_meta);
+                store.bindings = Some(bindings);
+                store.identities = Some(identities);
+                tasks.extend([t3, t4]);
+            }
+        }
+        (store, tasks)
+    }
+
+    /// Waits until every cache has its first full list (the original blocks on cache sync).
+    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.pods.wait_until_ready().await?;
+        self.exceptions.wait_until_ready().await?;
+        for store in self.assigned.iter() {
+            store.wait_until_ready().await?;
+        }
+        for store in self.bindings.iter() {
+            store.wait_until_ready().await?;
+        }
+        for store in self.identities.iter() {
+            store.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A pod as NMI sees it.
+pub fn pod_view(pod: &Pod) -> PodView {
+    let status = pod.status.as_ref();
+    PodView {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        ip: status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()),
+        phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+        labels: pod.labels().clone(),
+        replicaset: pod.owner_references().iter().find(|o| o.kind == "ReplicaSet").map(|o| o.name.clone()),
+        host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
+    }
+}
+
+/// An AzureIdentity as NMI uses it.
+pub fn identity_view(identity: &AzureIdentity) -> IdentityView {
+    IdentityView {
+        namespace: identity.namespace().unwrap_or_default(),
+        name: identity.name_any(),
+        namespaced: is_namespaced(identity),
+        spec: identity.spec.clone(),
+        object_id: None,
+    }
+}
+
+/// An AzureAssignedIdentity of a pod; `None` when it carries no identity.
+pub fn assigned_view(aai: &AzureAssignedIdentity) -> Option<AssignedView> {
+    let identity = aai.spec.azure_identity_ref.as_deref()?;
+    Some(AssignedView { state: aai.state(), identity: identity_view(identity) })
+}
+
+fn binding_view(b: &AzureIdentityBinding) -> BindingView {
+    BindingView {
+        namespace: b.namespace().unwrap_or_default(),
+        name: b.name_any(),
+        selector: b.spec.selector.clone().unwrap_or_default(),
+        identity: b.spec.azure_identity.clone().unwrap_or_default(),
+    }
+}
+
+impl NodeState for KubeStore {
+    fn pods(&self) -> Vec<PodView> {
+        self.pods.state().iter().map(|p| pod_view(p)).collect()
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
+        self.pods.get(&reflector::ObjectRef::new(name).within(namespace)).map(|p| pod_view(&p))
+    }
+
+    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException> {
+        let all = self.exceptions.state();
+        all.iter().filter(|e| e.namespace().as_deref() == Some(namespace)).map(|e| (**e).clone()).collect()
+    }
+
+    fn assigned(&self, namespace: &str, pod: &str) -> Vec<AssignedView> {
+        let Some(store) = &self.assigned else { return Vec::new() };
+        let of_pod = |a: &&Arc<AzureAssignedIdentity>| {
+            a.spec.pod.as_deref() == Some(pod) && a.spec.pod_namespace.as_deref() == Some(namespace)
+        };
+        store.state().iter().filter(of_pod).filter_map(|a| assigned_view(a)).collect()
+    }
+
+    fn bindings(&self, namespace: &str) -> Vec<BindingView> {
+        let Some(store) = &self.bindings else { return Vec::new() };
+        store.state().iter().filter(|b| b.namespace().as_deref() == Some(namespace)).map(|b| binding_view(b)).collect()
+    }
+
+    fn identities(&self, namespace: &str) -> Vec<IdentityView> {
+        let Some(store) = &self.identities else { return Vec::new() };
+        let all = store.state();
+        all.iter().filter(|i| i.namespace().as_deref() == Some(namespace)).map(|i| identity_view(i)).collect()
+    }
+}
+
+/// Secret reads straight from the API server, uncached, as the original (`secrets: get`).
+pub struct KubeSecrets(pub Client);
+
+impl SecretReader for KubeSecrets {
+    fn secret_data<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Vec<u8>>, String>> {
+        Box::pin(async move {
+            let secret: Secret =
+                Api::namespaced(self.0.clone(), namespace).get(name).await.map_err(|e| e.to_string())?;
+            Ok(secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aadpodid_api::{AzureAssignedIdentitySpec, AzureAssignedIdentityStatus, AzureIdentitySpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::runtime::reflector::store::Writer;
+
+    fn mk_pod() -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("demo-abc".into());
+        pod.metadata.namespace = Some("apps".into());
+        pod.metadata.labels = Some([("aadpodidbinding".to_owned(), "demo".to_owned())].into());
+        pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(100))].into());
+        pod.metadata.owner_references =
+            Some(vec![OwnerReference { kind: "ReplicaSet".into(), name: "mic-123".into(), ..Default::default() }]);
+        pod.spec = Some(PodSpec { node_name: Some("n1".into()), host_network: Some(true), ..Default::default() });
+        pod.status =
+            Some(PodStatus { pod_ip: Some("10.244.0.7".into()), phase: Some("Running".into()), ..Default::default() });
+        pod
+    }
+
+    #[test]
+    fn stripped_pod_keeps_what_nmi_reads() {
+        let mut pod = mk_pod();
+        strip_pod(&mut pod);
+        assert!(pod.metadata.annotations.is_none());
+        let view = pod_view(&pod);
+        assert_eq!(view.ip, "10.244.0.7".parse().ok());
+        assert_eq!(view.phase, "Running");
+        assert_eq!(view.replicaset.as_deref(), Some("mic-123"));
+        assert!(view.host_network);
+        assert_eq!(view.labels["aadpodidbinding"], "demo");
+    }
+
+    fn mk_aai(name: &str, pod: &str, status: &str) -> AzureAssignedIdentity {
+        let mut id = AzureIdentity::new("id", AzureIdentitySpec { client_id: Some("c".into()), ..Default::default() });
+        id.metadata.namespace = Some("default".into());
+        let spec = AzureAssignedIdentitySpec {
+            pod: Some(pod.into()),
+            pod_namespace: Some("apps".into()),
+            azure_identity_ref: Some(Box::new(id)),
+            ..Default::default()
+        };
+        let mut aai = AzureAssignedIdentity::new(name, spec);
+        aai.metadata.namespace = Some("default".into());
+        aai.status = Some(AzureAssignedIdentityStatus { status: Some(status.into()), ..Default::default() });
+        aai
+    }
+
+    #[test]
+    fn assigned_identities_are_those_of_the_pod() {
+        let mut writer: Writer<AzureAssignedIdentity> = Writer::default();
+        for aai in [mk_aai("a", "demo", "Assigned"), mk_aai("b", "other", "Assigned"), mk_aai("c", "demo", "Created")] {
+            writer.apply_watcher_event(&watcher::Event::Apply(aai));
+        }
+        let (pods, _) = reflector::store::<Pod>();
+        let (exceptions, _) = reflector::store();
+        let store =
+            KubeStore { pods, exceptions, assigned: Some(writer.as_reader()), bindings: None, identities: None };
+        let mut got: Vec<_> = store.assigned("apps", "demo").into_iter().map(|a| a.state).collect();
+        got.sort();
+        assert_eq!(got, [aadpodid_api::AssignedIdentityState::Created, aadpodid_api::AssignedIdentityState::Assigned]);
+        assert!(store.bindings("apps").is_empty(), "no binding watch in standard mode");
+    }
+}

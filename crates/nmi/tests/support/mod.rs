@@ -1,0 +1,101 @@
+//! Shared pieces of NMI's end-to-end tests: network namespaces (moves to `aadpodid-testkit`
+//! once that crate lands), a fixed node state for in-process tests, tool checks.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod netns;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::Mutex;
+
+use aadpodid_api::{AssignedIdentityState, AzureIdentitySpec, AzurePodIdentityException};
+use aadpodid_nmi::select::{AssignedView, BindingView, IdentityView, PodView};
+use aadpodid_nmi::server::NodeState;
+use aadpodid_nmi::tokens::SecretReader;
+use futures::future::BoxFuture;
+
+/// Fails (never skips) with the install command when a tool is missing.
+pub fn require_tool(program: &str, probe: &[&str], install: &str) {
+    let ok = Command::new(program).args(probe).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "`{program}` is required for this test; install it with: {install}");
+}
+
+/// Root is needed for network namespaces and iptables.
+pub fn require_root() {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "this test needs root (network namespaces, iptables)");
+}
+
+/// Pods and their assigned identities, set by the test.
+#[derive(Default)]
+pub struct FixedNode {
+    pub pods: Mutex<Vec<PodView>>,
+    pub assigned: Mutex<BTreeMap<(String, String), Vec<AssignedView>>>,
+}
+
+impl FixedNode {
+    pub fn add_pod(&self, namespace: &str, name: &str, ip: IpAddr) {
+        self.pods.lock().unwrap().push(PodView {
+            namespace: namespace.into(),
+            name: name.into(),
+            ip: Some(ip),
+            phase: "Running".into(),
+            ..Default::default()
+        });
+    }
+
+    pub fn assign(&self, pod: (&str, &str), state: AssignedIdentityState, name: &str, spec: AzureIdentitySpec) {
+        let identity = IdentityView { namespace: pod.0.into(), name: name.into(), spec, ..Default::default() };
+        let mut assigned = self.assigned.lock().unwrap();
+        assigned.entry((pod.0.into(), pod.1.into())).or_default().push(AssignedView { state, identity });
+    }
+}
+
+impl NodeState for FixedNode {
+    fn pods(&self) -> Vec<PodView> {
+        self.pods.lock().unwrap().clone()
+    }
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
+        self.pods().into_iter().find(|p| p.namespace == namespace && p.name == name)
+    }
+    fn exceptions(&self, _namespace: &str) -> Vec<AzurePodIdentityException> {
+        Vec::new()
+    }
+    fn assigned(&self, namespace: &str, pod: &str) -> Vec<AssignedView> {
+        self.assigned.lock().unwrap().get(&(namespace.into(), pod.into())).cloned().unwrap_or_default()
+    }
+    fn bindings(&self, _namespace: &str) -> Vec<BindingView> {
+        Vec::new()
+    }
+    fn identities(&self, _namespace: &str) -> Vec<IdentityView> {
+        Vec::new()
+    }
+}
+
+/// Secret data by (namespace, name).
+pub type SecretTable = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
+
+/// Secrets held in memory.
+#[derive(Default)]
+pub struct FixedSecrets(pub Mutex<SecretTable>);
+
+impl SecretReader for FixedSecrets {
+    fn secret_data<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Vec<u8>>, String>> {
+        let found = self.0.lock().unwrap().get(&(namespace.into(), name.into())).cloned();
+        Box::pin(async move { found.ok_or_else(|| format!("secrets \"{name}\" not found")) })
+    }
+}
+
+/// The claims of a JWT, unverified (the simulator signed it; tests read who it is for).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
