@@ -180,6 +180,11 @@ impl SigningKey {
         &self.kid
     }
 
+    /// The DER certificate of this key (tests use a `SigningKey` as a client certificate or an issuer key).
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
     /// The public key, for verifying our own tokens.
     pub fn public_key(&self) -> &RsaPublicKey {
         &self.public
