@@ -62,13 +62,16 @@ async fn client_secret_works_on_v1_and_v2_with_their_response_shapes() {
     );
 }
 
+/// (URL, form, status, `error`, AADSTS code).
+type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str, u64);
+
 #[tokio::test]
 async fn wrong_secret_unknown_client_and_unknown_tenant_get_aad_errors() {
     let sim = start().await;
     sim.register_service_principal_secret("app-1", "s3cret");
     let http = client();
     let v1 = format!("{}/{}/oauth2/token", sim.aad_url(), sim.tenant_id());
-    let cases: Vec<(String, Vec<(&str, &str)>, u16, &str, u64)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             v1.clone(),
             vec![
