@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Regenerates every generated file that is checked in. CI runs it and then
+# `git diff --exit-code`; tests also fail when a generated file drifts.
+#
+#   deploy/crds.yaml   the four CRDs, from the Rust types (crates/api, `crdgen`)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo run -q -p aadpodid-api --bin crdgen > deploy/crds.yaml.new
+mv deploy/crds.yaml.new deploy/crds.yaml
