@@ -457,7 +457,9 @@ fn verify_certificate_assertion(
     thumb: &str,
     endpoints: &[String],
 ) -> Result<(), AadError> {
-    let cert = client.certificates.iter().find(|c| x5t(c) == thumb || x5t_s256(c) == thumb).ok_or_else(|| {
+    // msal sends x5t base64url *with* padding; AAD accepts both.
+    let bare = thumb.trim_end_matches('=');
+    let cert = client.certificates.iter().find(|c| x5t(c) == bare || x5t_s256(c) == bare).ok_or_else(|| {
         AadError::invalid_assertion(
             700027,
             format!("Client assertion failed signature validation. [Reason - The key was not found., Thumbprint of key used by client: '{thumb}']"),
