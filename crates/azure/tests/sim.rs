@@ -496,3 +496,23 @@ async fn unreachable_imds_is_a_transport_error() {
     assert!(matches!(err, TokenError::Transport(_)), "{err:?}");
     assert!(!err.is_refusal());
 }
+
+#[tokio::test]
+async fn dropping_a_pending_imds_call_cancels_it_promptly() {
+    let f = fixture().await;
+    f.sim.sim().create_vm(RG, "vm-1");
+    let imds = imds_for(&f.sim, NodeRef::vm("vm-1")).with_retry(RetryPolicy::adal());
+    f.sim.sim().inject(Fault::new(Face::Imds, FaultKind::status(500)));
+    let started = Instant::now();
+    let outcome =
+        tokio::time::timeout(Duration::from_millis(300), imds.token("r", &IdentitySelector::SystemAssigned)).await;
+    assert!(outcome.is_err(), "the call should still be backing off");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn failed_reads_are_reported_to_the_observer() {
+    let f = fixture().await;
+    f.arm.identities(&VmTarget::Vm("ghost".into())).await.unwrap_err();
+    assert_eq!(f.recorder.0.lock().unwrap().as_slice(), [(ArmOperation::VmGet, false)]);
+}

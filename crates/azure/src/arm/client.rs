@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use super::plan::{self, Change, IdentityPatch, IdentityType};
-use super::{Arm, ArmError, ArmObserver, ArmOperation, NodeIdentities, TokenSource, VmTarget};
+use super::{Arm, ArmError, ArmObserver, ArmOperation, NodeIdentities, TokenSource, UpdateDecision, VmTarget};
 use crate::cloud::{AzureEnvironment, CloudConfig};
 use crate::http::HttpOptions;
 
@@ -512,15 +512,16 @@ impl ArmClient {
             return Ok(());
         }
         let current = self.get_resource(target).await?;
-        let attached = &current.user_assigned;
-        let Some(patch) = plan::plan_update(current.identity_type.unwrap_or(IdentityType::None), attached, add, remove)
-        else {
-            debug!(%target, "Identities already as wanted, no PATCH");
-            return Ok(());
+        let patch = match current.decide_update(add, remove) {
+            UpdateDecision::NoChange => {
+                debug!(%target, "Identities already as wanted, no PATCH");
+                return Ok(());
+            }
+            UpdateDecision::Deleting => {
+                return Err(ArmError::Deleting { target: target.clone(), resource_group: self.resource_group.clone() });
+            }
+            UpdateDecision::Patch(patch) => patch,
         };
-        if current.provisioning_state.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("Deleting")) {
-            return Err(ArmError::Deleting { target: target.clone(), resource_group: self.resource_group.clone() });
-        }
         info!(%target, assign = add.len(), unassign = remove.len(), "Updating user-assigned identities");
         let Err((original, remaining)) = self.apply_patch(target, &patch).await else { return Ok(()) };
         let bad = self.retry_without_bad_identities(target, &patch, &original, remaining).await;

@@ -190,7 +190,34 @@ pub struct NodeIdentities {
     pub provisioning_state: Option<String>,
 }
 
+/// What an identity update must do on a resource, decided from its current state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateDecision {
+    /// The resource already looks as wanted: no PATCH.
+    NoChange,
+    /// Send this PATCH (in chunks).
+    Patch(IdentityPatch),
+    /// A change is needed but the resource is being deleted: refuse, no PATCH.
+    Deleting,
+}
+
 impl NodeIdentities {
+    /// Whether ARM reports the resource as being deleted.
+    pub fn is_deleting(&self) -> bool {
+        self.provisioning_state.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("Deleting"))
+    }
+
+    /// The original's order: compute the delta first (no change means success even while
+    /// deleting), then refuse a resource in `Deleting`.
+    pub fn decide_update(&self, add: &[String], remove: &[String]) -> UpdateDecision {
+        let current = self.identity_type.unwrap_or(IdentityType::None);
+        match plan::plan_update(current, &self.user_assigned, add, remove) {
+            None => UpdateDecision::NoChange,
+            Some(_) if self.is_deleting() => UpdateDecision::Deleting,
+            Some(patch) => UpdateDecision::Patch(patch),
+        }
+    }
+
     /// Whether `id` (any case) is attached.
     pub fn has_user_assigned(&self, id: &str) -> bool {
         let id = id.to_lowercase();

@@ -241,3 +241,25 @@ fn node_identities_answer_membership_ignoring_case() {
     assert!(node.has_user_assigned("/B"));
     assert!(!node.has_user_assigned("/c"));
 }
+
+#[test]
+fn a_deleting_resource_refuses_changes_but_not_no_ops() {
+    let deleting = NodeIdentities {
+        identity_type: Some(IdentityType::UserAssigned),
+        user_assigned: ids(&["/a"]),
+        provisioning_state: Some("deleting".into()),
+        ..Default::default()
+    };
+    assert!(deleting.is_deleting());
+    assert_eq!(deleting.decide_update(&ids(&["/b"]), &[]), UpdateDecision::Deleting);
+    assert_eq!(deleting.decide_update(&ids(&["/A"]), &[]), UpdateDecision::NoChange);
+    let healthy = NodeIdentities { provisioning_state: Some("Succeeded".into()), ..deleting };
+    assert!(matches!(healthy.decide_update(&ids(&["/b"]), &[]), UpdateDecision::Patch(_)));
+}
+
+#[test]
+fn a_resource_without_identity_block_is_planned_like_type_none() {
+    let bare = NodeIdentities::default();
+    let UpdateDecision::Patch(patch) = bare.decide_update(&ids(&["/a"]), &[]) else { panic!("expected a patch") };
+    assert_eq!(patch.identity_type, IdentityType::UserAssigned);
+}
