@@ -13,7 +13,10 @@
 //! The binaries come from `AADPODID_TOOLS_BIN`, else from the stable symlink that
 //! `hack/build-tools.sh` maintains (`${AADPODID_TOOLS_DIR:-$HOME/.cache/aadpodid/tools}/bin`);
 //! when neither has them, the script is run, so `cargo test` works on its own (the first build
-//! takes minutes). Children are started through `setpriv --pdeathsig KILL` (util-linux) from
+//! takes minutes). The symlink is not re-checked against `hack/controlplane`: after changing
+//! the wrapper module or a tool version, run `hack/build-tools.sh` (CI does, before the tests).
+//! kubectl is the one built with the apiserver (same 1.34 release), not whatever is on `PATH`.
+//! Children are started through `setpriv --pdeathsig KILL` (util-linux) from
 //! one long-lived thread, so they die with the test process even though statics are never
 //! dropped.
 //!
