@@ -199,3 +199,19 @@ fn environment_json_round_trips_with_autorest_names() {
     let back: AzureEnvironment = serde_json::from_value(json).unwrap();
     assert_eq!(back, public);
 }
+
+#[test]
+fn yaml_1_1_booleans_are_accepted_like_go_yaml_v2() {
+    for (text, expected) in
+        [("True", true), ("TRUE", true), ("yes", true), ("on", true), ("false", false), ("No", false), ("off", false)]
+    {
+        let config = CloudConfig::from_yaml(&format!("useManagedIdentityExtension: {text}\n")).unwrap();
+        assert_eq!(config.use_managed_identity_extension, expected, "{text}");
+    }
+}
+
+#[test]
+fn numeric_looking_scalars_are_read_as_their_text() {
+    let config = CloudConfig::from_yaml("subscriptionId: 00123\nresourceGroup: 42\n").unwrap();
+    assert_eq!((config.subscription_id.as_str(), config.resource_group.as_str()), ("00123", "42"));
+}
