@@ -8,6 +8,8 @@ use std::path::PathBuf;
 /// Flags of the `nmi` binary.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "nmi", version, about = "NMI, the Node Managed Identity daemon of AAD Pod Identity")]
+// pflag lets a repeated flag override the earlier one; manifests and wrappers rely on it.
+#[command(args_override_self = true)]
 pub struct Args {
     /// Address NMI listens on; the iptables DNAT target (0.0.0.0 means 127.0.0.1 there).
     #[arg(long = "nmi-listen-address", default_value = "127.0.0.1")]
@@ -62,7 +64,7 @@ pub struct Args {
     #[arg(long = "metadata-header-required", num_args = 0..=1, default_missing_value = "true",
         require_equals = true, default_value = "true")]
     pub metadata_header_required: bool,
-    /// Port of `/metadata`.
+    /// Port of `/metrics`.
     #[arg(long = "prometheus-port", default_value_t = 9090)]
     pub prometheus_port: u16,
     /// `standard` (with MIC) or `managed` (bindings read directly).
@@ -148,6 +150,11 @@ mod tests {
         assert!(a.force_namespaced && a.block_instance_metadata);
         assert!(!a.metadata_header_required && !a.enable_scale_features);
         assert_eq!(a.mic_namespace, "kube-system");
+    }
+
+    #[test]
+    fn a_repeated_flag_overrides_the_earlier_one_like_pflag() {
+        assert_eq!(parse(&["nmi", "--nmi-port=1", "--nmi-port=2"]).nmi_port, 2);
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! The `nmi` binary on a namespace node against the real API server (testkit) and the Azure
+//! simulator: kubeconfig and Azure AD made reachable inside the node by relays, pods created
+//! with `spec.nodeName` and their IP/phase set through the status subresource, and
+//! AzureAssignedIdentities written as MIC would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aadpodid_api::{
+    AzureAssignedIdentity, AzureAssignedIdentitySpec, AzureAssignedIdentityStatus, AzureIdentity, AzureIdentitySpec,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::netns::{Node, Pod as NetPod};
+
+/// The running `nmi` process inside a node, with its log file.
+pub struct Nmi {
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+/// Where the node's services are and how NMI is started there.
+pub struct NodeSetup {
+    pub node_name: String,
+    pub kubeconfig: PathBuf,
+    pub dir: tempfile::TempDir,
+    /// Azure AD's HTTPS base as NMI sees it (`https://127.0.0.1:<port>/`).
+    pub aad_in_node: String,
+    pub ca_file: PathBuf,
+}
+
+/// Relays the API server and the simulator's Azure AD into the node and writes a kubeconfig
+/// pointing at the relay.
+pub fn prepare_node(
+    node: &Node,
+    kubeconfig: &std::path::Path,
+    server_url: &str,
+    aad_https: &str,
+    ca_pem: &str,
+) -> NodeSetup {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let api_addr: SocketAddr = server_url.trim_start_matches("https://").parse().expect("apiserver host:port");
+    let relay = node.ns.forward(SocketAddr::from(([127, 0, 0, 1], 0)), api_addr).expect("apiserver relay");
+    let text = std::fs::read_to_string(kubeconfig).unwrap().replace(server_url, &format!("https://{relay}"));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, text).unwrap();
+    let aad_addr: SocketAddr =
+        aad_https.trim_start_matches("https://").trim_end_matches('/').parse().expect("aad host:port");
+    let aad_relay = node.ns.forward(SocketAddr::from(([127, 0, 0, 1], 0)), aad_addr).expect("aad relay");
+    let ca_file = dir.path().join("sim-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    NodeSetup {
+        node_name: format!("nmi-node-{}-{n}", std::process::id()),
+        kubeconfig,
+        dir,
+        aad_in_node: format!("https://{aad_relay}/"),
+        ca_file,
+    }
+}
+
+impl NodeSetup {
+    /// Starts `nmi` in the node with the test's fast retry settings plus `extra` flags.
+    pub fn start_nmi(&self, node: &Node, extra: &[&str]) -> Nmi {
+        let log = self.dir.path().join(format!("nmi-{}.log", rand_suffix()));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = node.ns.command(env!("CARGO_BIN_EXE_nmi"));
+        cmd.args([
+            format!("--node={}", self.node_name),
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--allow-network-plugin-kubenet".into(),
+            "--http-probe-port=8085".into(),
+            "--retry-attempts-for-created=2".into(),
+            "--retry-attempts-for-assigned=3".into(),
+            "--find-identity-retry-interval=1".into(),
+            "--ipt-update-interval-sec=1".into(),
+            format!("--extra-root-ca-file={}", self.ca_file.display()),
+        ])
+        .args(extra)
+        .env("NMI_TERMINATION_WAIT_SEC", "0")
+        .env("RUST_LOG", "info,aadpodid_nmi=debug")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+        let pid = node.ns.spawn(&mut cmd).expect("nmi starts");
+        Nmi { pid, log }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+impl Nmi {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `/healthz` in the node until it says `Active`.
+    pub async fn wait_active(&self, node: &Node) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = node.ns.run("curl", &["-s", "--max-time", "2", "http://127.0.0.1:8085/healthz"]).unwrap();
+            if String::from_utf8_lossy(&out.stdout) == "Active" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "NMI never became Active; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) and waits for the exit status.
+    pub async fn signal_and_wait(self, node: &Node, signal: &str) -> std::process::ExitStatus {
+        let mut child = node.ns.take_child(self.pid).expect("our child");
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid.to_string()]).status().unwrap();
+        assert!(status.success());
+        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
+    }
+}
+
+/// A pod on `node_name` in `ns`, Running with the network pod's IP.
+pub async fn create_pod(client: &kube::Client, ns: &str, name: &str, node_name: &str, net: &NetPod, label: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"aadpodidbinding": label}},
+        "spec": {"nodeName": node_name, "containers": [{"name": "app", "image": "example.invalid/app"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status =
+        json!({"status": {"phase": "Running", "podIP": net.ip.to_string(), "podIPs": [{"ip": net.ip.to_string()}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+}
+
+pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let _ = pods.delete(name, &DeleteParams::default().grace_period(0)).await;
+}
+
+/// An AzureAssignedIdentity as MIC writes it (label `nodename`, embedded identity).
+pub async fn assign(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    node_name: &str,
+    identity: (&str, AzureIdentitySpec),
+    state: &str,
+) {
+    let mut id = AzureIdentity::new(identity.0, identity.1);
+    id.metadata.namespace = Some(ns.to_owned());
+    let spec = AzureAssignedIdentitySpec {
+        pod: Some(pod.to_owned()),
+        pod_namespace: Some(ns.to_owned()),
+        node_name: Some(node_name.to_owned()),
+        azure_identity_ref: Some(Box::new(id)),
+        ..Default::default()
+    };
+    let name = aadpodid_api::names::assigned_identity_name(pod, ns, identity.0);
+    let mut aai = AzureAssignedIdentity::new(&name, spec);
+    aai.metadata.namespace = Some(ns.to_owned());
+    aai.metadata.labels = Some([("nodename".to_owned(), node_name.to_owned())].into());
+    aai.status = Some(AzureAssignedIdentityStatus { status: Some(state.to_owned()), ..Default::default() });
+    Api::<AzureAssignedIdentity>::namespaced(client.clone(), ns).create(&PostParams::default(), &aai).await.unwrap();
+}
+
+/// Moves an AzureAssignedIdentity to another state (written through the main resource, as
+/// the original's CRD has no status subresource).
+pub async fn set_state(client: &kube::Client, ns: &str, pod: &str, identity: &str, state: &str) {
+    let name = aadpodid_api::names::assigned_identity_name(pod, ns, identity);
+    let patch = json!({"status": {"status": state}});
+    let api = Api::<AzureAssignedIdentity>::namespaced(client.clone(), ns);
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
