@@ -104,7 +104,9 @@ log "building helm $HELM_VERSION"
 GOBIN=$tmp/bin go install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
 "$tmp/bin/kube-apiserver" --version >&2
-"$tmp/bin/etcd" --version | head -1 >&2
+# No `| head`: with pipefail, SIGPIPE to the writer would fail the build.
+etcd_version=$("$tmp/bin/etcd" --version)
+printf '%s\n' "${etcd_version%%$'\n'*}" >&2
 "$tmp/bin/kubectl" version --client >&2
 "$tmp/bin/helm" version --short >&2
 
