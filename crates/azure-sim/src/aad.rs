@@ -122,6 +122,9 @@ fn aad_fault_response(kind: &FaultKind) -> Response {
         )
         .into_response(),
         FaultKind::Down => crate::server::sever(),
+        FaultKind::FailOperation { message, .. } => {
+            AadError::new(500, "server_error", 90033, message.clone()).into_response()
+        }
         FaultKind::Latency { .. } => {
             AadError::new(500, "server_error", 90033, "latency is not an answer").into_response()
         }

@@ -226,6 +226,7 @@ pub(crate) fn arm_fault_response(kind: &FaultKind) -> Response {
                 .into_response()
         }
         FaultKind::Down => crate::server::sever(),
+        FaultKind::FailOperation { code, message } => ArmError::new(500, code, message.clone()).into_response(),
         FaultKind::Latency { .. } => {
             ArmError::new(500, "InternalServerError", "latency is not an answer").into_response()
         }
@@ -240,8 +241,14 @@ async fn dispatch(ctx: ArmCtx, req: Request) -> Response {
         Route::Compute { name, .. } => Some(name.clone()),
         _ => None,
     };
-    if let Some(fault) = ctx.sim.gate(Face::Arm, &op, target.as_deref()).await {
-        return arm_fault_response(&fault);
+    let is_write = op.ends_with("_update") || op.ends_with("_create_or_update");
+    let mut fail = None;
+    match ctx.sim.gate(Face::Arm, &op, target.as_deref()).await {
+        Some(FaultKind::FailOperation { code, message }) if is_write && matches!(route, Route::Compute { .. }) => {
+            fail = Some(ApiError::new(200, &code, message));
+        }
+        Some(fault) => return arm_fault_response(&fault),
+        None => {}
     }
     if let Err(e) = authenticate(&ctx.sim, &parts.headers) {
         return e.into_response();
@@ -254,7 +261,7 @@ async fn dispatch(ctx: ArmCtx, req: Request) -> Response {
     };
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1").to_owned();
     let base = format!("{}://{host}", ctx.scheme);
-    let req = ArmRequest { method: parts.method, api_version, body: bytes.to_vec(), base };
+    let req = ArmRequest { method: parts.method, api_version, body: bytes.to_vec(), base, fail };
     match handle(&ctx.sim, route, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -266,6 +273,7 @@ struct ArmRequest {
     api_version: Option<String>,
     body: Vec<u8>,
     base: String,
+    fail: Option<ApiError>,
 }
 
 fn check_api_version(v: Option<&str>, supported: &[&str]) -> Result<String, ArmError> {
@@ -392,7 +400,7 @@ fn compute(
             let existed = sim.state().compute(kind, rg, name).is_some();
             let (json, op_id) = {
                 let mut s = sim.state();
-                let w = WriteRequest { kind, resource_group: rg, name, body: &body, put };
+                let w = WriteRequest { kind, resource_group: rg, name, body: &body, put, fail: req.fail.as_ref() };
                 let r = s.write_compute(&w, Instant::now(), lro);
                 let location = s.location.clone();
                 r.map(|(j, id)| (j, (id, location)))?
@@ -435,6 +443,11 @@ fn operation(sim: &Simulator, id: &str) -> Result<Response, ArmError> {
         return Ok(resp);
     }
     let end = humantime::format_rfc3339_millis(op.started + op.lro).to_string();
+    if let Some(err) = &op.failed {
+        let body = json!({"startTime": started, "endTime": end, "status": "Failed", "name": id,
+            "error": {"code": err.code, "message": err.message}});
+        return Ok(ok_json(StatusCode::OK, &body));
+    }
     Ok(ok_json(StatusCode::OK, &json!({"startTime": started, "endTime": end, "status": "Succeeded", "name": id})))
 }
 

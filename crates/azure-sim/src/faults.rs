@@ -57,6 +57,14 @@ pub enum FaultKind {
     },
     /// Close the connection without answering, as a face that is down.
     Down,
+    /// ARM writes only: accept the write (200 + `Azure-AsyncOperation`) but end the operation `Failed`
+    /// with this error, leaving the identities unchanged. Other operations answer 500 with it.
+    FailOperation {
+        /// `error.code` of the failed operation, e.g. `InternalExecutionError`.
+        code: String,
+        /// `error.message`.
+        message: String,
+    },
 }
 
 impl FaultKind {
@@ -150,7 +158,10 @@ impl FaultTable {
         for fault in self.faults.iter_mut().filter(|f| f.matches(face, op, target)) {
             match &fault.kind {
                 FaultKind::Latency { delay: d } => delay += *d,
-                kind @ (FaultKind::Throttle { .. } | FaultKind::Status { .. } | FaultKind::Down) => {
+                kind @ (FaultKind::Throttle { .. }
+                | FaultKind::Status { .. }
+                | FaultKind::Down
+                | FaultKind::FailOperation { .. }) => {
                     if answer.is_some() {
                         continue;
                     }

@@ -137,6 +137,7 @@ fn imds_fault(kind: &FaultKind) -> Response {
         }
         FaultKind::Status { code } => ImdsError::Injected { status: *code, retry_after: None }.into_response(),
         FaultKind::Down => crate::server::sever(),
+        FaultKind::FailOperation { .. } => ImdsError::Injected { status: 500, retry_after: None }.into_response(),
         FaultKind::Latency { .. } => ImdsError::Internal("latency is not an answer".into()).into_response(),
     }
 }

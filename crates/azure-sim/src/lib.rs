@@ -90,8 +90,11 @@
 //!
 //! ## Faults and counters
 //! [`Simulator::inject`] a [`Fault`] (face, optional operation, optional target, kind = latency, 429 with
-//! `Retry-After`, status code, or down = connection closed without an answer; for the next N calls or
-//! forever). [`Simulator::counters`] counts every call per `face/operation` (faulted ones included) and
+//! `Retry-After`, status code, down = connection closed without an answer, or — for ARM writes —
+//! `FailOperation`: the write is accepted but its async operation ends `{"status":"Failed","error":...}`
+//! and nothing changes; for the next N calls or forever). Scenario helpers: [`Simulator::delete_vm`],
+//! [`Simulator::delete_vmss`], [`Simulator::set_vmss_capacity`], [`Simulator::set_provisioning_state`]
+//! (e.g. `Deleting`). [`Simulator::counters`] counts every call per `face/operation` (faulted ones included) and
 //! ARM reads/writes per VM/VMSS ([`Counters::arm_writes`]).
 //!
 //! ## Admin API (on both ARM listeners, no auth)

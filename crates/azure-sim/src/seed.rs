@@ -195,7 +195,14 @@ fn seed_compute(
     let body = json!({"identity": {"type": ty, "userAssignedIdentities": Value::Object(map)}});
     sim.state()
         .write_compute(
-            &WriteRequest { kind, resource_group: &c.resource_group, name: &c.name, body: &body, put: false },
+            &WriteRequest {
+                kind,
+                resource_group: &c.resource_group,
+                name: &c.name,
+                body: &body,
+                put: false,
+                fail: None,
+            },
             Instant::now(),
             std::time::Duration::ZERO,
         )

@@ -317,6 +317,35 @@ impl Simulator {
         self.state().ensure_compute(ComputeKind::Vmss, resource_group, name, instances);
     }
 
+    /// Deletes a VM; its node's IMDS answers 404 afterwards. Returns whether it existed.
+    pub fn delete_vm(&self, resource_group: &str, name: &str) -> bool {
+        self.state().remove_compute(ComputeKind::Vm, resource_group, name)
+    }
+
+    /// Deletes a VMSS and all its instances. Returns whether it existed.
+    pub fn delete_vmss(&self, resource_group: &str, name: &str) -> bool {
+        self.state().remove_compute(ComputeKind::Vmss, resource_group, name)
+    }
+
+    /// Scales a VMSS to `instances` instances (`0..instances`). Returns whether it exists.
+    pub fn set_vmss_capacity(&self, resource_group: &str, name: &str, instances: u32) -> bool {
+        let mut s = self.state();
+        s.compute_mut(ComputeKind::Vmss, resource_group, name).map(|c| c.instances = instances).is_some()
+    }
+
+    /// Forces the `provisioningState` ARM reports for a VM/VMSS (e.g. `Some("Deleting")`, which the
+    /// original MIC refuses to update); `None` returns to the computed state. Returns whether it exists.
+    pub fn set_provisioning_state(
+        &self,
+        kind: ComputeKind,
+        resource_group: &str,
+        name: &str,
+        state: Option<&str>,
+    ) -> bool {
+        let mut s = self.state();
+        s.compute_mut(kind, resource_group, name).map(|c| c.provisioning_override = state.map(str::to_owned)).is_some()
+    }
+
     /// Creates a user-assigned identity with fresh client and principal IDs, or returns the existing one.
     pub fn create_user_assigned_identity(&self, resource_group: &str, name: &str) -> IdentityInfo {
         self.state().create_identity(resource_group, name, None, None)

@@ -375,6 +375,8 @@ pub(crate) struct WriteRequest<'a> {
     pub(crate) name: &'a str,
     pub(crate) body: &'a Value,
     pub(crate) put: bool,
+    /// Accept the write but fail its operation with this error (fault injection).
+    pub(crate) fail: Option<&'a ApiError>,
 }
 
 /// A VM or a VMSS.
@@ -390,6 +392,8 @@ pub(crate) struct Compute {
     pub(crate) model: Identities,
     pub(crate) applied: Identities,
     pending: VecDeque<Pending>,
+    /// Shown instead of the computed `provisioningState` (e.g. `Deleting`, `Failed`).
+    pub(crate) provisioning_override: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +415,7 @@ impl Compute {
             model: Identities::default(),
             applied: Identities::default(),
             pending: VecDeque::new(),
+            provisioning_override: None,
         }
     }
 
@@ -433,7 +438,8 @@ impl Compute {
 
     /// The ARM JSON of this resource.
     pub(crate) fn to_json(&self, subscription: &str, tenant: &str) -> Value {
-        let state = if self.pending.is_empty() { "Succeeded" } else { "Updating" };
+        let computed = if self.pending.is_empty() { "Succeeded" } else { "Updating" };
+        let state = self.provisioning_override.as_deref().unwrap_or(computed);
         let mut v = json!({
             "id": self.resource_id(subscription),
             "name": self.name,
@@ -538,6 +544,8 @@ pub(crate) struct AsyncOp {
     pub(crate) due: Instant,
     pub(crate) started: SystemTime,
     pub(crate) lro: Duration,
+    /// Set when the operation ends `Failed`.
+    pub(crate) failed: Option<ApiError>,
 }
 
 /// A node the IMDS face serves: a VM, or one instance of a VMSS.
@@ -668,6 +676,15 @@ impl State {
         self.computes.get(&ckey(kind, rg, name))
     }
 
+    pub(crate) fn compute_mut(&mut self, kind: ComputeKind, rg: &str, name: &str) -> Option<&mut Compute> {
+        self.computes.get_mut(&ckey(kind, rg, name))
+    }
+
+    /// Removes a VM or VMSS (its nodes' IMDS then answer 404).
+    pub(crate) fn remove_compute(&mut self, kind: ComputeKind, rg: &str, name: &str) -> bool {
+        self.computes.remove(&ckey(kind, rg, name)).is_some()
+    }
+
     /// All VMs and VMSS (for the admin state dump).
     pub(crate) fn computes(&self) -> impl Iterator<Item = &Compute> {
         self.computes.values()
@@ -692,8 +709,16 @@ impl State {
         now: Instant,
         lro: Duration,
     ) -> Result<(Value, String), ApiError> {
-        let WriteRequest { kind, resource_group: rg, name, body, put } = *w;
+        let WriteRequest { kind, resource_group: rg, name, body, put, fail } = *w;
         self.settle(now);
+        if let Some(err) = fail {
+            let compute = self.computes.get(&ckey(kind, rg, name)).ok_or_else(|| Self::not_found(kind, rg, name))?;
+            let json = compute.to_json(&self.subscription_id, &self.tenant_id);
+            let op_id = uuid::Uuid::new_v4().to_string();
+            let op = AsyncOp { due: now + lro, started: SystemTime::now(), lro, failed: Some(err.clone()) };
+            self.ops.insert(op_id.clone(), op);
+            return Ok((json, op_id));
+        }
         let patch = IdentityPatch::from_body(body)?;
         let key = ckey(kind, rg, name);
         if !self.computes.contains_key(&key) {
@@ -734,7 +759,7 @@ impl State {
             compute.pending.push_back(Pending { due, identities: new_model });
         }
         let op_id = uuid::Uuid::new_v4().to_string();
-        self.ops.insert(op_id.clone(), AsyncOp { due, started: SystemTime::now(), lro });
+        self.ops.insert(op_id.clone(), AsyncOp { due, started: SystemTime::now(), lro, failed: None });
         let json = compute.to_json(&self.subscription_id, &self.tenant_id);
         Ok((json, op_id))
     }
@@ -874,7 +899,7 @@ mod tests {
     }
 
     fn vmss_patch(body: &Value) -> WriteRequest<'_> {
-        WriteRequest { kind: ComputeKind::Vmss, resource_group: "rg", name: "ss", body, put: false }
+        WriteRequest { kind: ComputeKind::Vmss, resource_group: "rg", name: "ss", body, put: false, fail: None }
     }
 
     fn patch(s: &mut State, body: Value, now: Instant) -> Result<Value, ApiError> {

@@ -313,3 +313,47 @@ async fn https_listeners_serve_with_the_run_ca() {
     let doc: Value = serde_json::from_slice(&std::fs::read(env).unwrap()).unwrap();
     assert_eq!(doc["resourceManagerEndpoint"], format!("{}/", sim.arm_https_url()));
 }
+
+#[tokio::test]
+async fn a_failed_operation_is_reported_by_polling_and_changes_nothing() {
+    use aadpodid_azure_sim::{Face, Fault, FaultKind};
+    let sim = start_with(SimConfig { lro_duration: Duration::from_millis(200), ..SimConfig::default() }).await;
+    sim.create_vmss(RG, "pool", 1);
+    let a = sim.create_user_assigned_identity("id-rg", "alpha");
+    sim.inject(
+        Fault::new(
+            Face::Arm,
+            FaultKind::FailOperation { code: "InternalExecutionError".into(), message: "boom".into() },
+        )
+        .operation("vmss_update")
+        .times(1),
+    );
+    let http = client();
+    let token = sim.arm_token().unwrap();
+    let body = json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {a.id.clone(): {}}}});
+    let r = http.patch(vmss_url(&sim, "pool", "2019-12-01")).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the write itself is accepted");
+    let op = r.headers()["azure-asyncoperation"].to_str().unwrap().to_owned();
+    let (done, _) = poll(&http, &op, &token).await;
+    assert_eq!(done["status"], "Failed");
+    assert_eq!(done["error"]["code"], "InternalExecutionError");
+    assert!(sim.vmss_identities(RG, "pool").unwrap().user.is_empty());
+}
+
+#[tokio::test]
+async fn provisioning_state_can_be_forced_and_deleted_vms_disappear() {
+    use aadpodid_azure_sim::ComputeKind;
+    let sim = start().await;
+    sim.create_vm(RG, "vm1");
+    let imds = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
+    let http = client();
+    let token = sim.arm_token().unwrap();
+    assert!(sim.set_provisioning_state(ComputeKind::Vm, RG, "vm1", Some("Deleting")));
+    let v: Value =
+        http.get(vm_url(&sim, "vm1", "2019-12-01")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["properties"]["provisioningState"], "Deleting");
+    assert!(sim.delete_vm(RG, "vm1"));
+    assert_eq!(http.get(vm_url(&sim, "vm1", "2019-12-01")).bearer_auth(&token).send().await.unwrap().status(), 404);
+    let (status, _) = imds_token(&http, &imds.url(), "api-version=2018-02-01&resource=r").await;
+    assert_eq!(status, 404);
+}
