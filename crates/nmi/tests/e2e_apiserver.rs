@@ -284,3 +284,63 @@ async fn restart_keeps_one_set_of_rules_and_sigterm_removes_them() {
     assert!(e.node.iptables_list(CHAIN).is_err(), "chain removed");
     assert!(!e.node.iptables_list("PREROUTING").unwrap().contains("aad-metadata"), "jump removed");
 }
+
+/// `az` from `AADPODID_AZ`, else from PATH; the test fails with the install command otherwise.
+fn az_program() -> String {
+    let az = std::env::var("AADPODID_AZ").unwrap_or_else(|_| "az".to_owned());
+    require_tool(
+        &az,
+        &["version", "-o", "none"],
+        "python3 -m venv /opt/az && /opt/az/bin/pip install azure-cli==2.91.0 (then PATH=/opt/az/bin:$PATH or AADPODID_AZ=/opt/az/bin/az)",
+    );
+    az
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_cli_logs_in_with_the_pods_identity_and_gets_tokens() {
+    let e = env().await;
+    let az = az_program();
+    let p0 = e.pod("pod-0").await;
+    e.assign("pod-0", "id-a", ua_spec(&e.ids[0]), "Assigned").await;
+    let nmi = e.setup.start_nmi(&e.node, &[]);
+    nmi.wait_active(&e.node).await;
+    let arm: std::net::SocketAddr =
+        e.sim.arm_https_url().trim_start_matches("https://").trim_end_matches('/').parse().unwrap();
+    let arm_in_pod = p0.ns.forward(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), arm).unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let run = |args: Vec<String>| {
+        let mut cmd = p0.command(&az);
+        cmd.args(&args)
+            .env("AZURE_CONFIG_DIR", config_dir.path())
+            .env("REQUESTS_CA_BUNDLE", e.sim.ca_cert_pem_path())
+            .env("AZURE_CORE_COLLECT_TELEMETRY", "false")
+            .env_remove("AZURE_POD_IDENTITY_AUTHORITY_HOST")
+            .stdin(Stdio::null());
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("az runs");
+            let (stdout, stderr) =
+                (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+            assert!(out.status.success(), "az {args:?} failed:\n{stdout}\n{stderr}");
+            stdout
+        }
+    };
+    let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    run(words(&format!(
+        "cloud register -n AadpodidSim --skip-endpoint-discovery --endpoint-resource-manager https://{arm_in_pod}/ \
+         --endpoint-active-directory https://login.microsoftonline.com \
+         --endpoint-active-directory-resource-id https://management.core.windows.net/ \
+         --endpoint-active-directory-graph-resource-id https://graph.windows.net/"
+    )))
+    .await;
+    run(words("cloud set -n AadpodidSim")).await;
+    let login: Value = serde_json::from_str(&run(words("login --identity -o json")).await).unwrap();
+    assert_eq!(login[0]["id"], e.sim.subscription_id(), "{login}");
+    assert_eq!(login[0]["user"]["type"], "servicePrincipal", "{login}");
+    let token: Value =
+        serde_json::from_str(&run(words("account get-access-token --resource https://vault.azure.net -o json")).await)
+            .unwrap();
+    let claims = jwt_claims(token["accessToken"].as_str().unwrap());
+    assert_eq!(claims["appid"], e.ids[0].client_id.as_str(), "{claims}");
+    assert_eq!(claims["aud"], "https://vault.azure.net");
+    assert_eq!(token["tenant"], e.sim.tenant_id());
+}
