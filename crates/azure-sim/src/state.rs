@@ -4,7 +4,7 @@
 //! ARM has two views of a VM's identities: the *model* (what ARM GETs show as soon as a write is
 //! accepted) and the *applied* set (what the node's IMDS can issue tokens for). A write queues a
 //! pending operation; the applied set catches up when the operation's due time has passed
-//! ([`State::settle`]). Writes queue behind each other per VM/VMSS.
+//! (`State::settle`). Writes queue behind each other per VM/VMSS.
 //! This module never does I/O, never sleeps and never logs secrets.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -601,8 +601,8 @@ impl NodeRef {
 
 impl std::str::FromStr for NodeRef {
     type Err = String;
-    /// `vm:<name>`, `vmss:<name>:<instance>`, optionally with `@<resource group>` appended to the name part
-    /// is not supported; use `<rg>/` before the name: `vm:rg/name`, `vmss:rg/name:0`.
+    /// `vm:<name>` or `vmss:<name>:<instance>`; to pin the resource group put `<rg>/` before the name:
+    /// `vm:rg/name`, `vmss:rg/name:0`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let split_rg = |x: &str| -> (Option<String>, String) {
             match x.split_once('/') {

@@ -92,7 +92,7 @@ struct ServeArgs {
     #[arg(long)]
     env_file_http: bool,
     /// IMDS for a node: `<node>@<addr>` on this namespace or `<node>@<netns>/<addr>` inside
-    /// /var/run/netns/<netns>; node is `vm:<name>` or `vmss:<name>:<instance>`. Repeatable.
+    /// `/var/run/netns/<netns>`; node is `vm:<name>` or `vmss:<name>:<instance>`. Repeatable.
     #[arg(long = "imds")]
     imds: Vec<String>,
 }
