@@ -23,7 +23,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::decide::{Desired, Plan, Removal, TargetPlan};
+use crate::decide::{Desired, Plan, Removal, TargetPlan, Update};
 use crate::events::{EventType, Recorder, pod_reference, reason, reference};
 use crate::metrics::Metrics;
 use crate::view::{AssignedView, NodeTarget};
@@ -31,10 +31,14 @@ use crate::view::{AssignedView, NodeTarget};
 /// A boxed future, so [`NodeIdentities`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// An ARM failure, carried as the error's text (events and logs show it verbatim).
+/// An ARM failure, carried as the error's text (events and logs show it verbatim), with the
+/// wait ARM asked for when it throttled.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ArmFailure(pub String);
+#[error("{message}")]
+pub struct ArmFailure {
+    pub message: String,
+    pub retry_after: Option<std::time::Duration>,
+}
 
 /// What MIC needs of ARM: read a VM's or scale set's user-assigned identities, and change
 /// them in one logical update (chunking, polling, throttling and bad-identity pruning are the
@@ -77,6 +81,8 @@ pub struct Outcome {
     pub failed: usize,
     pub arm_writes: usize,
     pub api_writes: usize,
+    /// The longest `Retry-After` ARM asked for this cycle.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Outcome {
@@ -87,6 +93,7 @@ impl Outcome {
         self.failed += other.failed;
         self.arm_writes += other.arm_writes;
         self.api_writes += other.api_writes;
+        self.retry_after = self.retry_after.max(other.retry_after);
     }
 }
 
@@ -96,10 +103,8 @@ pub type PodUids = BTreeMap<(String, String), String>;
 /// Carries out the plan; targets in parallel, orphans without ARM.
 pub async fn apply(plan: Plan, ctx: &Ctx, pods: &PodUids) -> Outcome {
     let mut out = Outcome::default();
-    let orphans = stream::iter(plan.orphans.iter().map(|o| delete_one(ctx, o, false)))
-        .buffer_unordered(ctx.batch.max(1))
-        .collect::<Vec<_>>()
-        .await;
+    let orphans: Vec<_> = plan.orphans.iter().map(|o| delete_one(ctx, o, false)).collect();
+    let orphans = stream::iter(orphans).buffer_unordered(ctx.batch.max(1)).collect::<Vec<_>>().await;
     for o in orphans {
         out.merge(o);
     }
@@ -217,6 +222,7 @@ async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &Pod
             finish(ctx, pending, &t.deletes, None, &mut out).await;
         }
         Err(error) => {
+            out.retry_after = out.retry_after.max(error.retry_after);
             tracing::error!(%target, %error, add = add.len(), remove = remove.len(), duration_ms = call.elapsed().as_millis() as u64, "Updating identities on node failed");
             match ctx.arm.identities(target).await {
                 Ok(ids) => {
@@ -235,21 +241,11 @@ async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &Pod
 
 /// Writes creates (POST) and updates (PUT) with status `Created`; returns the ones written.
 async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Outcome) -> Vec<Pending> {
-    let creates = t.creates.iter().map(|d| async move {
-        let obj = new_object(d, None);
-        let res = api(ctx, &d.namespace).create(&PostParams::default(), &obj).await;
-        (Pending::of_desired(d, Kind::Create, started), res)
-    });
-    let updates = t.updates.iter().map(|u| async move {
-        let obj = new_object(&u.after, Some(&u.before.object));
-        let res = api(ctx, &u.before.namespace).replace(&u.before.name.0, &PostParams::default(), &obj).await;
-        (Pending::of_desired(&u.after, Kind::Update, started), res)
-    });
-    let results: Vec<_> = stream::iter(creates)
-        .buffer_unordered(ctx.batch.max(1))
-        .chain(stream::iter(updates).buffer_unordered(ctx.batch.max(1)))
-        .collect()
-        .await;
+    let batch = ctx.batch.max(1);
+    let creates: Vec<_> = t.creates.iter().map(|d| create_one(ctx, d, started)).collect();
+    let updates: Vec<_> = t.updates.iter().map(|u| update_one(ctx, u, started)).collect();
+    let mut results: Vec<_> = stream::iter(creates).buffer_unordered(batch).collect().await;
+    results.extend(stream::iter(updates).buffer_unordered(batch).collect::<Vec<_>>().await);
     let mut written = Vec::new();
     for (p, res) in results {
         out.api_writes += 1;
@@ -269,6 +265,20 @@ async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Ou
         }
     }
     written
+}
+
+type WriteResult = (Pending, Result<AzureAssignedIdentity, kube::Error>);
+
+async fn create_one(ctx: &Ctx, d: &Desired, started: Instant) -> WriteResult {
+    let obj = new_object(d, None);
+    let res = api(ctx, &d.namespace).create(&PostParams::default(), &obj).await;
+    (Pending::of_desired(d, Kind::Create, started), res)
+}
+
+async fn update_one(ctx: &Ctx, u: &Update, started: Instant) -> WriteResult {
+    let obj = new_object(&u.after, Some(&u.before.object));
+    let res = api(ctx, &u.before.namespace).replace(&u.before.name.0, &PostParams::default(), &obj).await;
+    (Pending::of_desired(&u.after, Kind::Update, started), res)
 }
 
 fn present(obj: &AzureAssignedIdentity) -> Written {
@@ -337,37 +347,11 @@ async fn finish(
     ctx: &Ctx,
     pending: Vec<Pending>,
     deletes: &[Removal],
-    on_node: Option<(&BTreeSet<String>, &crate::act::ArmFailure)>,
+    on_node: Option<(&BTreeSet<String>, &ArmFailure)>,
     out: &mut Outcome,
 ) {
-    let assigns = pending.into_iter().map(|p| async move {
-        let mut o = Outcome::default();
-        let missing = on_node.filter(|(ids, _)| p.user_assigned && !ids.contains(&p.resource_id.to_ascii_lowercase()));
-        if let Some((_, error)) = missing {
-            o.failed += 1;
-            let msg = format!("Applying binding {} node {} for pod {} resulted in error {error}", p.binding_name, p.node, p.name);
-            tracing::error!(assigned = %p.name, node = %p.node, "Identity not on node after failed update; stays Created");
-            warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
-        } else {
-            mark_assigned(ctx, &p, &mut o).await;
-        }
-        o
-    });
-    let dels = deletes.iter().map(|r| async move {
-        let still_there =
-            on_node.filter(|(ids, _)| r.unassign && ids.contains(&r.assigned.resource_id.to_ascii_lowercase()));
-        if let Some((_, error)) = still_there {
-            let a = &r.assigned;
-            let msg = format!(
-                "Binding {} removal from node {} for pod {} resulted in error {error}",
-                a.binding_name, a.node, a.pod
-            );
-            tracing::error!(assigned = %a.name, node = %a.node, "Identity still on node after failed update; kept");
-            ctx.events.publish(&binding_reference(a), EventType::Warning, reason::BINDING_REMOVE_ERROR, msg).await;
-            return Outcome { failed: 1, ..Default::default() };
-        }
-        delete_one(ctx, &r.assigned, true).await
-    });
+    let assigns: Vec<_> = pending.into_iter().map(|p| assign_one(ctx, p, on_node)).collect();
+    let dels: Vec<_> = deletes.iter().map(|r| remove_one(ctx, r, on_node)).collect();
     let batch = ctx.batch.max(1);
     let (a, d): (Vec<Outcome>, Vec<Outcome>) = futures::join!(
         stream::iter(assigns).buffer_unordered(batch).collect(),
@@ -376,6 +360,41 @@ async fn finish(
     for o in a.into_iter().chain(d) {
         out.merge(o);
     }
+}
+
+/// Marks one pending object `Assigned`, unless the ARM call failed and its identity is not on
+/// the node: then it stays `Created` with a `binding apply error`.
+async fn assign_one(ctx: &Ctx, p: Pending, on_node: Option<(&BTreeSet<String>, &ArmFailure)>) -> Outcome {
+    let mut o = Outcome::default();
+    let missing = on_node.filter(|(ids, _)| p.user_assigned && !ids.contains(&p.resource_id.to_ascii_lowercase()));
+    if let Some((_, error)) = missing {
+        o.failed += 1;
+        let msg =
+            format!("Applying binding {} node {} for pod {} resulted in error {error}", p.binding_name, p.node, p.name);
+        tracing::error!(assigned = %p.name, node = %p.node, "Identity not on node after failed update; stays Created");
+        warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
+    } else {
+        mark_assigned(ctx, &p, &mut o).await;
+    }
+    o
+}
+
+/// Deletes one object, unless the ARM call failed and the identity it should have detached is
+/// still on the node: then it is kept with a `binding remove error`.
+async fn remove_one(ctx: &Ctx, r: &Removal, on_node: Option<(&BTreeSet<String>, &ArmFailure)>) -> Outcome {
+    let still_there =
+        on_node.filter(|(ids, _)| r.unassign && ids.contains(&r.assigned.resource_id.to_ascii_lowercase()));
+    if let Some((_, error)) = still_there {
+        let a = &r.assigned;
+        let msg = format!(
+            "Binding {} removal from node {} for pod {} resulted in error {error}",
+            a.binding_name, a.node, a.pod
+        );
+        tracing::error!(assigned = %a.name, node = %a.node, "Identity still on node after failed update; kept");
+        ctx.events.publish(&binding_reference(a), EventType::Warning, reason::BINDING_REMOVE_ERROR, msg).await;
+        return Outcome { failed: 1, ..Default::default() };
+    }
+    delete_one(ctx, &r.assigned, true).await
 }
 
 async fn mark_assigned(ctx: &Ctx, p: &Pending, o: &mut Outcome) {

@@ -44,10 +44,10 @@ impl Default for LoopConfig {
 }
 
 /// Replaces the ARM client when the cloud config changes (checked before each cycle).
-pub type Reload = Box<dyn FnMut() -> Option<Arc<dyn NodeIdentities>> + Send>;
+pub type Reload = Box<dyn FnMut() -> Option<Arc<dyn NodeIdentities>> + Send + Sync>;
 
 /// Hook run once when this replica becomes leader, before it acts (the type upgrade).
-pub type OnElected = Box<dyn FnMut() -> act::BoxFuture<'static, Result<(), String>> + Send>;
+pub type OnElected = Box<dyn FnMut() -> act::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,14 @@ pub struct Controller {
     pub leading_rx: watch::Receiver<bool>,
     /// Told when this replica starts doing its job (leading and syncing), for `/healthz`.
     pub set_active: Arc<dyn Fn(bool) + Send + Sync>,
+    /// When to retry after a failed cycle, and the backoff that led there.
+    pub retry: Option<(Instant, Duration)>,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
 }
 
 impl Controller {
@@ -83,8 +91,10 @@ impl Controller {
         drift.reset();
         let mut cycles: u64 = 0;
         loop {
+            let retry = self.retry.map(|(at, _)| at);
             tokio::select! {
                 () = self.wake.notified() => self.debounce().await,
+                () = sleep_until(retry), if retry.is_some() => {}
                 _ = resync.tick() => {}
                 _ = drift.tick() => {
                     if self.leading() { self.reconcile_drift().await; }
@@ -145,12 +155,14 @@ impl Controller {
             "Planned"
         );
         if plan.is_empty() || !leading {
+            self.retry = None;
             if n.is_multiple_of(1000) {
                 self.record_cycle(started);
             }
             return;
         }
         let outcome = act::apply(plan, &self.ctx, &snap.pod_uids).await;
+        self.schedule_retry(outcome.failed, outcome.retry_after);
         tracing::info!(
             cycle = n,
             assigned = outcome.assigned,
@@ -165,6 +177,19 @@ impl Controller {
         if !self.caches.caught_up(&outcome.written, Duration::from_secs(10)).await {
             tracing::warn!("Cache did not show all writes within 10s");
         }
+    }
+
+    /// After failures, another cycle comes after an exponential backoff (1 s doubling to 60 s),
+    /// never earlier than ARM's `Retry-After`; a clean cycle clears it.
+    fn schedule_retry(&mut self, failed: usize, retry_after: Option<Duration>) {
+        if failed == 0 {
+            self.retry = None;
+            return;
+        }
+        let backoff = self.retry.map_or(Duration::from_secs(1), |(_, b)| (b * 2).min(Duration::from_secs(60)));
+        let wait = backoff.max(retry_after.unwrap_or_default());
+        tracing::warn!(failed, retry_in_ms = wait.as_millis() as u64, "Cycle had failures; retrying");
+        self.retry = Some((Instant::now() + wait, backoff));
     }
 
     fn record_cycle(&self, started: Instant) {

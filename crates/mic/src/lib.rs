@@ -5,11 +5,16 @@
 //! ```
 
 pub mod act;
+pub mod args;
+pub mod arm;
 pub mod cache;
 pub mod controller;
 pub mod decide;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod run;
 pub mod upgrade;
 pub mod view;
+
+pub use run::{Env, run, run_until};

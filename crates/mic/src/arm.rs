@@ -1,0 +1,172 @@
+//! MIC's cloud provider: the cloud config (azure.json or the environment fallback), the ARM
+//! client built from it (in `aadpodid-azure`), its metrics observer, and reloading when the
+//! config file changes (its modification time is checked before each cycle). Never logs a
+//! secret: configs are logged through their redacting `Debug`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aadpodid_azure::HttpOptions;
+use aadpodid_azure::arm::{
+    Arm, ArmClient, ArmCredential, ArmObserver, ArmOperation, ArmOptions, ArmTokenProvider, VmTarget,
+};
+use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig, CloudError};
+use aadpodid_azure::token::{AadClient, DEFAULT_IMDS_URL, ImdsClient, RetryPolicy, TokenError};
+
+use crate::act::{ArmFailure, BoxFuture, NodeIdentities};
+use crate::args::Args;
+use crate::controller::Reload;
+use crate::metrics::Metrics;
+use crate::run::Env;
+use crate::view::NodeTarget;
+
+/// Why the cloud provider could not be initialised (fatal at start-up, as in the original).
+#[derive(Debug, thiserror::Error)]
+pub enum ArmSetupError {
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error("reading the extra root CA {0}")]
+    RootCa(PathBuf, #[source] std::io::Error),
+    #[error("building token clients")]
+    Token(#[from] TokenError),
+    #[error("building the ARM client")]
+    Arm(#[from] aadpodid_azure::arm::ArmError),
+}
+
+/// Records each ARM operation in the original's cloud-provider metrics.
+struct Observer(Metrics);
+
+impl ArmObserver for Observer {
+    fn observe(&self, operation: ArmOperation, elapsed: Duration, ok: bool) {
+        tracing::info!(operation = operation.as_str(), ok, duration_ms = elapsed.as_millis() as u64, "ARM call");
+        self.0.cloud_call(operation.as_str(), elapsed.as_secs_f64(), ok);
+    }
+}
+
+/// [`NodeIdentities`] over the ARM client.
+struct AzureArm(Arc<dyn Arm>);
+
+fn vm_target(t: &NodeTarget) -> VmTarget {
+    match t {
+        NodeTarget::Vm(n) => VmTarget::Vm(n.clone()),
+        NodeTarget::Vmss(n) => VmTarget::Vmss(n.clone()),
+    }
+}
+
+fn failure(e: aadpodid_azure::arm::ArmError) -> ArmFailure {
+    ArmFailure { retry_after: e.retry_after(), message: e.to_string() }
+}
+
+impl NodeIdentities for AzureArm {
+    fn identities<'a>(&'a self, target: &'a NodeTarget) -> BoxFuture<'a, Result<Vec<String>, ArmFailure>> {
+        Box::pin(async move {
+            let ids = self.0.identities(&vm_target(target)).await.map_err(failure)?;
+            Ok(ids.user_assigned)
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        target: &'a NodeTarget,
+        add: &'a [String],
+        remove: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ArmFailure>> {
+        Box::pin(async move { self.0.update_user_msi(&vm_target(target), add, remove).await.map_err(failure) })
+    }
+}
+
+/// What the ARM client is built from, besides the cloud config.
+#[derive(Clone)]
+struct Settings {
+    cloudconfig: Option<PathBuf>,
+    env: HashMap<String, String>,
+    http: HttpOptions,
+    options: ArmOptions,
+}
+
+/// The current ARM client and how to rebuild it.
+pub struct ArmSource {
+    settings: Settings,
+    config: CloudConfig,
+    current: Arc<dyn NodeIdentities>,
+    modified: Option<SystemTime>,
+}
+
+impl ArmSource {
+    /// Reads the cloud config and builds the client; an error is fatal at start-up.
+    pub fn load(args: &Args, env: &Env, metrics: &Metrics) -> Result<Self, ArmSetupError> {
+        let http = match args.extra_root_ca_file.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => {
+                HttpOptions::with_root_ca_pem(std::fs::read(p).map_err(|e| ArmSetupError::RootCa(p.clone(), e))?)
+            }
+            None => HttpOptions::default(),
+        };
+        let options = ArmOptions {
+            http: http.clone(),
+            poll_interval: args.arm_poll_interval,
+            max_retries: args.update_user_msi_max_retry,
+            retry_interval: args.update_user_msi_retry_interval,
+            observer: Some(Arc::new(Observer(metrics.clone()))),
+            ..ArmOptions::default()
+        };
+        let cloudconfig = Some(PathBuf::from(&args.cloudconfig)).filter(|p| !p.as_os_str().is_empty());
+        let settings = Settings { cloudconfig, env: env.vars.clone().into_iter().collect(), http, options };
+        let modified = settings.cloudconfig.as_ref().and_then(mtime);
+        let (config, current) = build(&settings)?;
+        Ok(Self { settings, config, current, modified })
+    }
+
+    /// The cluster identity (`userAssignedIdentityID`), never removed from nodes.
+    pub fn cluster_identity(&self) -> Option<String> {
+        Some(self.config.user_assigned_identity_id.clone()).filter(|s| !s.is_empty())
+    }
+
+    /// The client to use now.
+    pub fn current(&self) -> Arc<dyn NodeIdentities> {
+        Arc::clone(&self.current)
+    }
+
+    /// A hook that rebuilds the client when the config file's modification time changes;
+    /// `None` when the config comes from the environment.
+    pub fn reloader(mut self) -> Option<Reload> {
+        self.settings.cloudconfig.clone()?;
+        Some(Box::new(move || {
+            let path = self.settings.cloudconfig.as_ref()?;
+            let now = mtime(path);
+            if now == self.modified {
+                return None;
+            }
+            self.modified = now;
+            match build(&self.settings) {
+                Ok((config, arm)) => {
+                    tracing::info!(config = ?config, "Cloud config reloaded");
+                    Some(arm)
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "Reloading the cloud config failed; keeping the previous client");
+                    None
+                }
+            }
+        }))
+    }
+}
+
+fn mtime(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn build(s: &Settings) -> Result<(CloudConfig, Arc<dyn NodeIdentities>), ArmSetupError> {
+    let config = match &s.cloudconfig {
+        Some(path) => CloudConfig::from_file(path)?,
+        None => CloudConfig::from_env_map(&s.env),
+    };
+    let environment = AzureEnvironment::from_name(&config.cloud, |k| s.env.get(k).cloned())?;
+    let credential = ArmCredential::from_cloud_config(&config, &environment);
+    let imds = ImdsClient::with_options(DEFAULT_IMDS_URL, &s.http, RetryPolicy::adal())?;
+    let tokens = ArmTokenProvider::new(credential, environment.management_resource(), AadClient::new(&s.http)?, imds);
+    let client = ArmClient::new(&config, &environment, Arc::new(tokens), s.options.clone())?;
+    tracing::info!(config = ?config, arm = %environment.resource_manager_endpoint, "Cloud provider initialised");
+    Ok((config, Arc::new(AzureArm(Arc::new(client)))))
+}

@@ -1,0 +1,171 @@
+//! Wiring: flags and environment in, servers, leader election, caches and the loop out.
+//! Decides nothing; every piece it starts lives in its own module.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aadpodid_runtime::{Health, metrics_router, probe_router, serve};
+use anyhow::{Context, bail};
+use tokio::sync::{Notify, watch};
+
+use crate::act::Ctx;
+use crate::args::Args;
+use crate::controller::{Controller, LoopConfig, OnElected};
+use crate::decide::{Immutable, Mode};
+use crate::events::Recorder;
+use crate::leader::{self, LeaderConfig};
+use crate::metrics::Metrics;
+use crate::upgrade::{UpgradeConfig, upgrade_if_required};
+use crate::{arm, cache};
+
+/// The environment MIC reads, passed in so tests can run several MICs in one process.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process environment.
+    pub fn from_process() -> Self {
+        Self { vars: std::env::vars().collect() }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// Runs MIC until SIGTERM/SIGINT, a lost leadership or a fatal error.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    run_until(args, Env::from_process(), aadpodid_runtime::shutdown_signal()).await
+}
+
+/// Runs MIC with an explicit environment until `shutdown` completes.
+pub async fn run_until(
+    args: Args,
+    env: Env,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(namespace) = env.get("MIC_POD_NAMESPACE").map(str::to_owned) else {
+        bail!("MIC_POD_NAMESPACE must be set to the namespace MIC runs in");
+    };
+    if args.version {
+        println!("MIC Version: {v} - NMI Version: {v} - Commit: - Date:", v = aadpodid_runtime::VERSION);
+        return Ok(());
+    }
+    if args.enable_scale_features {
+        tracing::info!("--enableScaleFeatures is deprecated and has no effect on MIC");
+    }
+    let ua = aadpodid_runtime::user_agent("MIC", Some(args.custom_user_agent.as_str()).filter(|s| !s.is_empty()));
+    let kubeconfig = PathBuf::from(&args.kubeconfig);
+    let client = aadpodid_runtime::kube_client(Some(kubeconfig.as_path()), &ua)
+        .await
+        .context("building the Kubernetes client")?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let source = arm::ArmSource::load(&args, &env, &metrics).context("initialising the cloud provider")?;
+    let immutable =
+        Immutable::new(args.immutable_user_msis.split(',').map(str::to_owned).chain(source.cluster_identity()));
+    let health = Health::new();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    spawn_servers(&args, &health, &metrics, &shutdown_rx);
+
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let cfg = LeaderConfig {
+        namespace: args.leader_election_namespace.clone(),
+        name: args.leader_election_name.clone(),
+        identity: args.leader_election_instance.clone(),
+        duration: args.leader_election_duration,
+    };
+    let mut election = tokio::spawn(leader::run(client.clone(), cfg, leading_tx));
+    let _abort_election = AbortOnDrop(election.abort_handle());
+
+    let wake = Arc::new(Notify::new());
+    let (caches, watches) = cache::start(&client, &wake);
+    let _abort_watches: Vec<AbortOnDrop> = watches.iter().map(|w| AbortOnDrop(w.abort_handle())).collect();
+    let force_namespaced = args.force_namespaced || env.get("FORCENAMESPACED") == Some("true");
+    let controller = Controller {
+        cfg: LoopConfig {
+            mode: Mode { force_namespaced },
+            immutable,
+            resync: args.sync_retry_duration,
+            drift_every: args.identity_assignment_reconcile_interval,
+            ..LoopConfig::default()
+        },
+        caches,
+        wake,
+        ctx: Ctx {
+            client: client.clone(),
+            arm: source.current(),
+            events: Recorder::new(client.clone(), args.leader_election_instance.clone()),
+            metrics,
+            batch: usize::try_from(args.create_delete_batch.max(1)).unwrap_or(20),
+        },
+        reload: source.reloader(),
+        on_elected: Some(type_upgrade(&args, client, namespace)),
+        leading_rx,
+        set_active: Arc::new(move |a| health.set_active(a)),
+        retry: None,
+    };
+    let result = tokio::select! {
+        r = controller.run() => r.context("controller loop"),
+        r = &mut election => match r {
+            Ok(Err(e)) => Err(anyhow::Error::new(e)),
+            Ok(Ok(())) => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context("leader election task")),
+        },
+        () = shutdown => { tracing::info!("Shutting down"); Ok(()) }
+    };
+    let _ = shutdown_tx.send(true);
+    result
+}
+
+/// Stops a spawned task when MIC stops, however it stops (including a dropped future in tests).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn spawn_servers(args: &Args, health: &Health, metrics: &Metrics, shutdown: &watch::Receiver<bool>) {
+    let servers = [
+        (args.http_probe_port, probe_router(health.clone()), "probe"),
+        (args.prometheus_port, metrics_router(metrics.registry.clone()), "metrics"),
+    ];
+    for (port, router, what) in servers {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        let mut rx = shutdown.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(error) = serve(addr, router, stop).await {
+                tracing::error!(%error, %addr, server = what, "Server failed");
+            }
+        });
+    }
+}
+
+fn type_upgrade(args: &Args, client: kube::Client, namespace: String) -> OnElected {
+    let cfg = UpgradeConfig {
+        namespace,
+        config_map: args.config_map_name.clone(),
+        key: args.type_upgrade_status_key.clone(),
+        version: aadpodid_runtime::VERSION.to_owned(),
+    };
+    let enabled = args.enable_type_upgrade;
+    Box::new(move || {
+        let client = client.clone();
+        let cfg = cfg.clone();
+        Box::pin(async move {
+            if !enabled {
+                return Ok(());
+            }
+            upgrade_if_required(&client, &cfg).await.map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+        })
+    })
+}
