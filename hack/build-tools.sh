@@ -114,5 +114,10 @@ rm -rf "$dest"
 mv -T "$tmp" "$dest"
 trap - EXIT
 link_stable
+# Older builds are unreachable through the symlink now; running binaries survive the unlink.
+for old in "$tools_dir"/*/; do
+	old=${old%/}
+	[[ $old == "$dest" || ! -x $old/bin/kube-apiserver ]] || rm -rf "$old"
+done
 log "built in $((SECONDS - start))s"
 echo "$dest/bin"
