@@ -182,7 +182,7 @@ async fn openid(ctx: AadCtx, tenant: String, headers: HeaderMap, v2: bool) -> Re
     };
     axum::Json(json!({
         "token_endpoint": format!("{oauth}/token"),
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
         "jwks_uri": keys,
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["pairwise"],

@@ -420,6 +420,21 @@ impl Simulator {
         self.settled().node_compute(node).map(|c| c.applied.clone())
     }
 
+    /// Waits (polling every 20 ms) until every write to every VM/VMSS has completed, or `timeout` passes;
+    /// returns whether they completed.
+    pub async fn wait_for_operations(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.all_operations_done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether every write to every VM/VMSS has completed.
     pub fn all_operations_done(&self) -> bool {
         let s = self.settled();

@@ -1008,6 +1008,24 @@ mod tests {
     }
 
     #[test]
+    fn writes_to_one_scale_set_queue_behind_each_other() {
+        let (mut s, a, b) = world();
+        let t0 = Instant::now();
+        let lro = Duration::from_secs(5);
+        let first = json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {a.id.clone(): {}}}});
+        let second = json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {b.id.clone(): {}}}});
+        s.write_compute(&vmss_patch(&first), t0, lro).unwrap();
+        let (v, op2) = s.write_compute(&vmss_patch(&second), t0 + Duration::from_secs(1), lro).unwrap();
+        assert_eq!(v["identity"]["userAssignedIdentities"].as_object().unwrap().len(), 2, "the model has both at once");
+        assert_eq!(s.op(&op2).unwrap().due, t0 + lro + lro, "the second starts when the first ends");
+        s.settle(t0 + lro);
+        let applied = &s.compute(ComputeKind::Vmss, "rg", "ss").unwrap().applied;
+        assert!(applied.has_user(&a.id) && !applied.has_user(&b.id));
+        s.settle(t0 + lro + lro);
+        assert!(s.compute(ComputeKind::Vmss, "rg", "ss").unwrap().applied.has_user(&b.id));
+    }
+
+    #[test]
     fn node_refs_parse_from_flags() {
         assert_eq!("vm:node1".parse::<NodeRef>().unwrap(), NodeRef::vm("node1"));
         assert_eq!("vmss:rg/ss:3".parse::<NodeRef>().unwrap(), NodeRef::vmss_instance("ss", 3).in_resource_group("rg"));
