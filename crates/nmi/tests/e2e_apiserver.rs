@@ -344,3 +344,38 @@ async fn azure_cli_logs_in_with_the_pods_identity_and_gets_tokens() {
     assert_eq!(claims["aud"], "https://vault.azure.net");
     assert_eq!(token["tenant"], e.sim.tenant_id());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_mode_exceptions_host_endpoint_and_proxy() {
+    let e = env().await;
+    let (a, b) = (&e.ids[0], &e.ids[1]);
+    let p0 = e.pod("pod-0").await;
+    let p1 = e.pod("pod-1").await;
+    support::cluster::bind(&e.client, e.ns.name(), ("id-a", ua_spec(a)), "pod-0").await;
+    support::cluster::except(&e.client, e.ns.name(), "skip-pod-1", json!({"aadpodidbinding": "POD-1"})).await;
+    let nmi =
+        e.setup.start_nmi(&e.node, &["--operation-mode=managed", "--forceNamespaced", "--block-instance-metadata"]);
+    nmi.wait_active(&e.node).await;
+
+    assert_token_for(&python(&p0, &["sdk", "https://vault.azure.net"]).await, &a.client_id);
+    let (status, _) = raw(&p0, &format!("{TOKEN_PATH}&client_id={}", b.client_id), true).await;
+    assert_eq!(status, 404, "managed mode: only the bound identity");
+
+    let (status, body) = raw(&p1, &format!("{TOKEN_PATH}&client_id={}", b.client_id), true).await;
+    assert_eq!(status, 200, "an excepted pod gets the node's token for its client_id: {body}");
+    let (status, _) = raw(&p1, TOKEN_PATH, true).await;
+    assert_eq!(status, 403, "no system-assigned identity on the node: the bypass answers 403");
+
+    let host = "http://127.0.0.1:2579/host/token/?resource=https://vault.azure.net";
+    let podns = format!("podns: {}", e.ns.name());
+    let out = e.node.ns.run("curl", &["-s", "-H", &podns, "-H", "podname: pod-0", host]).unwrap();
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["clientid"], a.client_id.as_str());
+    assert_eq!(jwt_claims(v["token"]["access_token"].as_str().unwrap())["appid"], a.client_id.as_str());
+
+    let (status, body) = raw(&p0, "/metadata/instance?api-version=2021-02-01", true).await;
+    assert_eq!((status, body.as_str()), (403, "Request blocked by AAD Pod Identity NMI\n"));
+    let (status, body) = raw(&p0, "/metadata/versions", true).await;
+    assert_eq!(status, 200, "proxied to the node's IMDS: {body}");
+}

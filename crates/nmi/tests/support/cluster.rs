@@ -13,7 +13,7 @@ use aadpodid_api::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::netns::{Node, Pod as NetPod};
 
@@ -176,4 +176,35 @@ pub async fn set_state(client: &kube::Client, ns: &str, pod: &str, identity: &st
     let patch = json!({"status": {"status": state}});
     let api = Api::<AzureAssignedIdentity>::namespaced(client.clone(), ns);
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+/// An AzureIdentity and a binding selecting pods labelled `selector` (managed mode's inputs).
+pub async fn bind(client: &kube::Client, ns: &str, identity: (&str, AzureIdentitySpec), selector: &str) {
+    let mut id = AzureIdentity::new(identity.0, identity.1);
+    id.metadata.namespace = Some(ns.to_owned());
+    Api::<AzureIdentity>::namespaced(client.clone(), ns).create(&PostParams::default(), &id).await.unwrap();
+    let binding: aadpodid_api::AzureIdentityBinding = serde_json::from_value(json!({
+        "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+        "metadata": {"name": format!("{}-binding", identity.0), "namespace": ns},
+        "spec": {"azureIdentity": identity.0, "selector": selector},
+    }))
+    .unwrap();
+    Api::<aadpodid_api::AzureIdentityBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// An AzurePodIdentityException for pods with these labels.
+pub async fn except(client: &kube::Client, ns: &str, name: &str, labels: Value) {
+    let exception: aadpodid_api::AzurePodIdentityException = serde_json::from_value(json!({
+        "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzurePodIdentityException",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podLabels": labels},
+    }))
+    .unwrap();
+    Api::<aadpodid_api::AzurePodIdentityException>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &exception)
+        .await
+        .unwrap();
 }
