@@ -12,7 +12,7 @@ use aadpodid_azure::arm::{
 };
 use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig};
 use aadpodid_azure::token::{AadClient, ClientCertificate, IdentitySelector, ImdsClient, RetryPolicy, TokenError};
-use aadpodid_azure_sim::{Face, Fault, FaultKind, NodeRef, RunningSim, SimConfig, Simulator};
+use aadpodid_azure_sim::{ComputeKind, Face, Fault, FaultKind, NodeRef, RunningSim, SimConfig, Simulator};
 use serde_json::json;
 
 const RG: &str = "node-rg";
@@ -517,4 +517,48 @@ async fn failed_reads_are_reported_to_the_observer() {
     let f = fixture().await;
     f.arm.identities(&VmTarget::Vm("ghost".into())).await.unwrap_err();
     assert_eq!(f.recorder.0.lock().unwrap().as_slice(), [(ArmOperation::VmGet, false)]);
+}
+
+#[tokio::test]
+async fn a_deleting_scale_set_is_refused_without_a_patch() {
+    let f = fixture().await;
+    f.sim.sim().create_vmss(RG, "doomed", 1);
+    assert!(f.sim.sim().set_provisioning_state(ComputeKind::Vmss, RG, "doomed", Some("Deleting")));
+    let a = uami(&f.sim, "id-a");
+    let doomed = VmTarget::Vmss("doomed".into());
+    let err = f.arm.update_user_msi(&doomed, from_ref(&a), &[]).await.unwrap_err();
+    assert!(matches!(err, ArmError::Deleting { .. }), "{err:?}");
+    assert_eq!(writes(&f.sim, "vmss", "doomed"), 0);
+    assert_eq!(f.arm.identities(&doomed).await.unwrap().provisioning_state.as_deref(), Some("Deleting"));
+}
+
+#[tokio::test]
+async fn a_failed_long_running_operation_is_an_error() {
+    let f = fixture().await;
+    f.sim.sim().create_vmss(RG, "pool", 1);
+    let a = uami(&f.sim, "id-a");
+    let fail = FaultKind::FailOperation { code: "InternalExecutionError".into(), message: "boom".into() };
+    f.sim.sim().inject(Fault::new(Face::Arm, fail).operation("vmss_update").times(1));
+    let err = f.arm.update_user_msi(&VmTarget::Vmss("pool".into()), from_ref(&a), &[]).await.unwrap_err();
+    assert!(matches!(&err, ArmError::OperationFailed { code, .. } if code == "InternalExecutionError"), "{err:?}");
+    assert!(!f.sim.sim().vmss_identities(RG, "pool").unwrap().has_user(&a));
+}
+
+#[tokio::test]
+async fn a_linked_authorization_failure_in_the_operation_prunes_the_named_identity() {
+    let f = fixture().await;
+    f.sim.sim().create_vmss(RG, "pool", 1);
+    let (good, denied) = (uami(&f.sim, "id-good"), uami(&f.sim, "id-denied"));
+    let message = format!(
+        "The client has permission to perform action 'Microsoft.Compute/virtualMachineScaleSets/write' on scope 'pool', however the current tenant is not authorized to access linked subscription on the linked scope(s) '{denied}' or the linked scope(s) are invalid."
+    );
+    let fail = FaultKind::FailOperation { code: "LinkedAuthorizationFailed".into(), message };
+    f.sim.sim().inject(Fault::new(Face::Arm, fail).operation("vmss_update").times(1));
+    let err =
+        f.arm.update_user_msi(&VmTarget::Vmss("pool".into()), &[good.clone(), denied.clone()], &[]).await.unwrap_err();
+    let ArmError::BadIdentities { ids, source } = &err else { panic!("expected BadIdentities, got {err:?}") };
+    assert_eq!(ids.as_slice(), from_ref(&denied));
+    assert!(matches!(**source, ArmError::OperationFailed { .. }), "{source:?}");
+    let on_vmss = f.sim.sim().vmss_identities(RG, "pool").unwrap();
+    assert!(on_vmss.has_user(&good) && !on_vmss.has_user(&denied));
 }
