@@ -346,7 +346,7 @@ async fn issue(ctx: &AadCtx, tenant: &str, headers: &HeaderMap, body: &[u8], v2:
         .sim
         .mint(&subject, &form.audience, ctx.sim.inner.aad_token_lifetime)
         .map_err(|e| AadError::new(500, "server_error", 90033, format!("signing failed: {e}")))?;
-    tracing::info!(client_id = %aadpodid_redact(&client.client_id), audience = %form.audience, v2, "AAD token issued");
+    tracing::info!(client_id = %redact_client_id(&client.client_id), audience = %form.audience, v2, "AAD token issued");
     let body = if v2 {
         json!({"token_type": "Bearer", "expires_in": minted.expires_in, "ext_expires_in": minted.expires_in, "access_token": minted.token})
     } else {
@@ -364,7 +364,7 @@ async fn issue(ctx: &AadCtx, tenant: &str, headers: &HeaderMap, body: &[u8], v2:
 }
 
 /// Client IDs in logs: the first characters and `#####`, as the original redacts them.
-pub(crate) fn aadpodid_redact(id: &str) -> String {
+pub(crate) fn redact_client_id(id: &str) -> String {
     let keep: String = id.chars().take(8).collect();
     format!("{keep}##### REDACTED #####")
 }

@@ -95,7 +95,9 @@
 //! and nothing changes; for the next N calls or forever). Scenario helpers: [`Simulator::delete_vm`],
 //! [`Simulator::delete_vmss`], [`Simulator::set_vmss_capacity`], [`Simulator::set_provisioning_state`]
 //! (e.g. `Deleting`). [`Simulator::counters`] counts every call per `face/operation` (faulted ones included) and
-//! ARM reads/writes per VM/VMSS ([`Counters::arm_writes`]).
+//! ARM reads/writes per VM/VMSS ([`Counters::arm_writes`]; keyed `vm/<name>` or `vmss/<name>`, lowercased,
+//! without the resource group). Writes are PUT/PATCH calls that got past faults and authentication,
+//! whatever their outcome.
 //!
 //! ## Admin API (on both ARM listeners, no auth)
 //! `GET /admin/info`, `GET /admin/state`, `POST /admin/seed` (seed YAML/JSON, see [`seed`]),
