@@ -54,6 +54,11 @@ impl ControlPlane {
         let tools = tokio::task::spawn_blocking(Tools::locate)
             .await
             .map_err(|e| Error::Io { what: "locating tools".to_owned(), source: std::io::Error::other(e) })??;
+        Self::start_with(tools).await
+    }
+
+    /// Starts a private control plane from the given binaries (for testing other builds).
+    pub async fn start_with(tools: Tools) -> Result<Self, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;

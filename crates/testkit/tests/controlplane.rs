@@ -132,3 +132,20 @@ async fn poll_until_gives_up_at_its_deadline() {
     let err = poll_until("never", Duration::from_millis(300), || async { None::<()> }).await.unwrap_err();
     assert!(err.to_string().contains("timed out after 300ms waiting for never"), "{err}");
 }
+
+#[tokio::test]
+async fn a_failed_start_reports_the_log_tail_and_leaves_nothing_behind() {
+    let fake = tempfile::tempdir().unwrap();
+    let etcd = fake.path().join("etcd");
+    std::fs::write(&etcd, "#!/bin/sh\necho 'etcd: simulated storage failure' >&2\nexit 3\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&etcd).status().unwrap();
+    let real = shared().tools().clone();
+    let tools = aadpodid_testkit::Tools { etcd, ..real };
+
+    let err = ControlPlane::start_with(tools).await.unwrap_err().to_string();
+    assert!(err.contains("etcd exited during start-up"), "{err}");
+    assert!(err.contains("etcd: simulated storage failure"), "the log tail is in the error: {err}");
+    let log = err.split_whitespace().find(|w| w.ends_with("etcd.log:")).unwrap().trim_end_matches(':');
+    let dir = std::path::Path::new(log).parent().unwrap();
+    assert!(dir.starts_with(std::env::temp_dir()) && !dir.exists(), "{} is removed", dir.display());
+}
