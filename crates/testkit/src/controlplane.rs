@@ -160,14 +160,16 @@ impl ControlPlane {
         self.kubectl_command(args).output().unwrap_or_else(|e| panic!("running {}: {e}", self.tools.kubectl.display()))
     }
 
-    /// The kubectl command line with `--kubeconfig` and a private discovery cache, to extend
-    /// (stdin, env) before running.
+    /// The kubectl command line with `--kubeconfig`, a private discovery cache and a request
+    /// timeout, to extend (stdin, env) before running.
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.tools.kubectl);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
             .arg("--cache-dir")
             .arg(self.dir.path().join("kubectl-cache"))
+            // A wedged apiserver fails the test instead of hanging it.
+            .arg("--request-timeout=60s")
             .args(args)
             .stdin(Stdio::null());
         cmd
