@@ -159,3 +159,27 @@ async fn a_deleted_identity_is_not_found_even_while_still_attached() {
         imds_token(&http, &imds.url(), &format!("api-version=2018-02-01&resource=r&client_id={}", id.client_id)).await;
     assert_eq!((status, v["error_description"].as_str()), (400, Some("Identity not found")));
 }
+
+#[tokio::test]
+async fn a_headerless_probe_is_answered_at_once_and_never_says_identity_not_found() {
+    let sim = start().await;
+    sim.create_vm(RG, "vm1");
+    let imds = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
+    let http = client();
+    let started = std::time::Instant::now();
+    let r = http.get(format!("{}/metadata/identity/oauth2/token", imds.url())).send().await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("Identity not found"), "{text}");
+    let r = http
+        .post(format!("{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=r", imds.url()))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = http.get(format!("{}/metadata/instance", imds.url())).header("Metadata", "true").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["newest-versions"].is_array());
+}
