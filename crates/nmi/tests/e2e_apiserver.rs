@@ -157,6 +157,20 @@ async fn standard_mode_binary_serves_each_pod_its_own_identity_and_waits_for_ass
     );
     let exp = jwt_claims(v["access_token"].as_str().unwrap())["exp"].as_u64().unwrap();
     assert_eq!(v["expires_on"].as_str().unwrap().parse::<u64>().unwrap(), exp);
+
+    let (status, body) = raw(&p0, &format!("{TOKEN_PATH}&object_id={}", a.principal_id), true).await;
+    assert_eq!(status, 200, "object_id selects the pod's identity by principal ID (ours): {body}");
+    let (status, _) = raw(&p0, &format!("{TOKEN_PATH}&object_id={}", b.principal_id), true).await;
+    assert_eq!(status, 404, "another pod's principal ID");
+
+    let out = e.node.ns.run("curl", &["-s", "http://127.0.0.1:9090/metrics"]).unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(metrics.contains("aadpodidentity_nmi_operations_duration_seconds_bucket{"), "{metrics}");
+    assert!(metrics.contains("status_code=\"404\""), "{metrics}");
+    assert!(metrics.contains(
+        "aadpodidentity_imds_operations_duration_seconds_count{operation_type=\"adal_token_msi_userassignedid\"}"
+    ));
+    assert!(!metrics.contains("_total"), "counters keep the original names");
     drop(e.sim);
 }
 

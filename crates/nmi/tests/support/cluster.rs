@@ -110,6 +110,9 @@ impl Nmi {
             if String::from_utf8_lossy(&out.stdout) == "Active" {
                 return;
             }
+            if let Some(status) = node.ns.try_wait(self.pid) {
+                panic!("NMI exited ({status}) before becoming Active; log:\n{}", self.log_text());
+            }
             assert!(Instant::now() < deadline, "NMI never became Active; log:\n{}", self.log_text());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

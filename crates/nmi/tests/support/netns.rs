@@ -117,6 +117,12 @@ impl Namespace {
         Ok(pid)
     }
 
+    /// The exit status of a spawned child if it has already exited.
+    pub fn try_wait(&self, pid: u32) -> Option<std::process::ExitStatus> {
+        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        children.iter_mut().find(|c| c.id() == pid).and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Takes a spawned child back (e.g. to signal it and wait for its exit status).
     pub fn take_child(&self, pid: u32) -> Option<Child> {
         let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
