@@ -71,6 +71,8 @@ pub struct Controller {
     pub leading_rx: watch::Receiver<bool>,
     /// Told when this replica starts doing its job (leading and syncing), for `/healthz`.
     pub set_active: Arc<dyn Fn(bool) + Send + Sync>,
+    /// Set once the on-elected hook has run; nothing is written before.
+    pub is_elected: bool,
     /// When to retry after a failed cycle, and the backoff that led there.
     pub retry: Option<(Instant, Duration)>,
 }
@@ -97,13 +99,15 @@ impl Controller {
                 () = sleep_until(retry), if retry.is_some() => {}
                 _ = resync.tick() => {}
                 _ = drift.tick() => {
-                    if self.leading() { self.reconcile_drift().await; }
+                    if self.leading() && self.is_elected { self.reconcile_drift().await; }
                     continue;
                 }
                 changed = self.leading_rx.changed() => {
                     changed.map_err(|_| LoopError::LeaderGone)?;
-                    if self.leading() { self.elected().await?; }
                 }
+            }
+            if self.leading() && !self.is_elected {
+                self.elected().await?;
             }
             cycles += 1;
             self.cycle(cycles).await;
@@ -115,6 +119,7 @@ impl Controller {
     }
 
     async fn elected(&mut self) -> Result<(), LoopError> {
+        self.is_elected = true;
         self.ctx.metrics.new_leader_election_count.inc();
         if let Some(hook) = self.on_elected.as_mut() {
             hook().await.map_err(LoopError::Elected)?;

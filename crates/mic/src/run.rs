@@ -107,6 +107,7 @@ pub async fn run_until(
         on_elected: Some(type_upgrade(&args, client, namespace)),
         leading_rx,
         set_active: Arc::new(move |a| health.set_active(a)),
+        is_elected: false,
         retry: None,
     };
     let result = tokio::select! {

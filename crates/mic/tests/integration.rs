@@ -205,6 +205,10 @@ async fn only_the_leader_writes_and_the_standby_takes_over_when_it_dies() {
     let ep = eps.get("mic-leader").await.expect("endpoints lock");
     let record = ep.metadata.annotations.unwrap_or_default()["control-plane.alpha.kubernetes.io/leader"].clone();
     assert!(record.contains("\"holderIdentity\":\"mic-first\""), "{record}");
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(w.client.clone(), "default");
+    let lease = leases.get("mic-leader").await.expect("lease lock");
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("mic-first"));
 
     first.kill();
     w.pod("after", &nodes[0], "ldr").await;
@@ -242,4 +246,140 @@ async fn restart_mid_way_leaves_no_duplicate_or_orphan() {
         .await;
     eventually("identity left the VMSS", DEADLINE, || async { (!w.vmss_has("rstpool", &id)).then_some(()) }).await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vanished_node_loses_its_assignments_without_any_arm_call() {
+    let _serial = serial().await;
+    let w = World::new("nodegone").await;
+    let nodes = w.vmss_nodes("gonepool", 1).await;
+    let id = w.identity("gone").await;
+    w.binding("b", "gone", "gone").await;
+    w.pod("demo", &nodes[0], "gone").await;
+    let _mic = w.start_mic("mic-nodegone", &[]);
+    let name = w.assigned_name("demo", "gone");
+    w.wait_assigned(&name).await;
+    let writes = w.sim.counters().arm_writes("vmss", "gonepool");
+
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(w.client.clone());
+    api.delete(&nodes[0], &Default::default()).await.expect("delete node");
+    // No pod GC here: do what the controller-manager does after a node goes away.
+    w.delete_pod("demo").await;
+    w.wait_gone(&name).await;
+    assert_eq!(w.sim.counters().arm_writes("vmss", "gonepool"), writes, "no ARM write for a vanished node");
+    assert!(w.vmss_has("gonepool", &id), "the original leaves the scale set alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_reconciler_re_adds_an_identity_removed_behind_mics_back() {
+    let _serial = serial().await;
+    let w = World::new("drift").await;
+    let nodes = w.vmss_nodes("driftpool", 1).await;
+    let id = w.identity("drift").await;
+    w.binding("b", "drift", "drift").await;
+    w.pod("demo", &nodes[0], "drift").await;
+    let _mic = w.start_mic("mic-drift", &["--identity-assignment-reconcile-interval=2s"]);
+    w.wait_assigned(&w.assigned_name("demo", "drift")).await;
+    assert!(w.vmss_has("driftpool", &id));
+
+    let url = format!(
+        "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/driftpool?api-version=2019-12-01",
+        w.sim.arm_url(),
+        w.sim.subscription_id(),
+        support::RG
+    );
+    let token = w.sim.arm_token().expect("arm token");
+    let resp = reqwest::Client::new()
+        .patch(url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"identity": {"type": "None"}}))
+        .send()
+        .await
+        .expect("manual unassign");
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
+    eventually("identity detached by hand", DEADLINE, || async { (!w.vmss_has("driftpool", &id)).then_some(()) }).await;
+    eventually("identity re-added by the reconciler", DEADLINE, || async {
+        w.vmss_has("driftpool", &id).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identity_arm_rejects_stays_created_while_the_valid_one_is_assigned() {
+    let _serial = serial().await;
+    let w = World::new("badid").await;
+    let nodes = w.vmss_nodes("badpool", 1).await;
+    let good = w.identity("good").await;
+    let mut missing = w.identity("placeholder").await;
+    missing.id = missing.id.replace("placeholder", "does-not-exist");
+    let bad = aadpodid_api::AzureIdentity {
+        metadata: kube::api::ObjectMeta {
+            name: Some("bad".into()),
+            namespace: Some(w.ns.clone()),
+            ..Default::default()
+        },
+        spec: aadpodid_api::AzureIdentitySpec {
+            type_: Some(0),
+            resource_id: Some(missing.id.clone()),
+            client_id: Some("00000000-0000-0000-0000-00000000bad0".into()),
+            ..Default::default()
+        },
+        status: None,
+    };
+    kube::Api::<aadpodid_api::AzureIdentity>::namespaced(w.client.clone(), &w.ns)
+        .create(&Default::default(), &bad)
+        .await
+        .expect("create bad identity");
+    w.binding("b-good", "good", "app").await;
+    w.binding("b-bad", "bad", "app").await;
+    w.pod("demo", &nodes[0], "app").await;
+    let _mic = w.start_mic("mic-badid", &["--update-user-msi-retry-interval=100ms"]);
+
+    w.wait_assigned(&w.assigned_name("demo", "good")).await;
+    assert!(w.vmss_has("badpool", &good));
+    let bad_name = w.assigned_name("demo", "bad");
+    assert_eq!(w.assigned_status(&bad_name).await.as_deref(), Some("Created"));
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(w.client.clone(), &w.ns);
+    eventually("binding apply error event on b-bad", DEADLINE, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("binding apply error")
+                    && e.involved_object.name.as_deref() == Some("b-bad")
+                    && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("aadpodidentity.k8s.io")
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn type_upgrade_rewrites_legacy_casing_once_and_records_it() {
+    let _serial = serial().await;
+    let w = World::new("upgrade").await;
+    let nodes = w.vmss_nodes("uppool", 1).await;
+    let info = w.sim.create_user_assigned_identity("id-rg", "upgrade-legacy");
+    let gvk = kube::api::GroupVersionKind::gvk("aadpodidentity.k8s.io", "v1", "AzureIdentity");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "azureidentities");
+    let dynapi: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(w.client.clone(), &w.ns, &ar);
+    let legacy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+        "metadata": {"name": "legacy", "namespace": w.ns},
+        "spec": {"type": 0, "ResourceID": info.id, "ClientID": info.client_id}
+    }))
+    .expect("legacy object");
+    dynapi.create(&Default::default(), &legacy).await.expect("create legacy identity");
+    w.binding("b", "legacy", "legacy").await;
+    w.pod("demo", &nodes[0], "legacy").await;
+    let cm_name = format!("aad-pod-identity-config-{}", w.tag);
+    let _mic = w.start_mic("mic-upgrade", &["--enable-type-upgrade=true", &format!("--config-map-name={cm_name}")]);
+
+    w.wait_assigned(&w.assigned_name("demo", "legacy")).await;
+    let obj = dynapi.get("legacy").await.expect("get identity");
+    assert_eq!(obj.data["spec"]["resourceID"], serde_json::json!(info.id), "{:?}", obj.data);
+    assert!(obj.data["spec"].get("ResourceID").is_none(), "legacy key removed: {:?}", obj.data);
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(w.client.clone(), "default");
+    let cm = cms.get(&cm_name).await.expect("config map");
+    assert!(cm.data.unwrap_or_default().contains_key("type-upgrade-status"));
 }

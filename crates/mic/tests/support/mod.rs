@@ -104,8 +104,10 @@ impl World {
             format!("--http-probe-port={}", free_port()),
             format!("--prometheus-port={}", free_port()),
             "--arm-poll-interval=100ms".into(),
-            "--enable-type-upgrade=false".into(),
         ];
+        if !extra.iter().any(|e| e.starts_with("--enable-type-upgrade")) {
+            argv.push("--enable-type-upgrade=false".into());
+        }
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         aadpodid_mic::args::Args::try_parse_from(argv).expect("MIC flags")
     }
