@@ -383,3 +383,24 @@ async fn type_upgrade_rewrites_legacy_casing_once_and_records_it() {
     let cm = cms.get(&cm_name).await.expect("config map");
     assert!(cm.data.unwrap_or_default().contains_key("type-upgrade-status"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fixing_the_cloud_config_file_is_picked_up_without_a_restart() {
+    let _serial = serial().await;
+    let w = World::new("reload").await;
+    let nodes = w.vmss_nodes("rldpool", 1).await;
+    let id = w.identity("rld").await;
+    w.binding("b", "rld", "rld").await;
+    let good = std::fs::read_to_string(&w.azure_json).expect("azure.json");
+    std::fs::write(&w.azure_json, good.replace("mic-sp-secret", "wrong-secret")).expect("break azure.json");
+    w.pod("demo", &nodes[0], "rld").await;
+    let _mic = w.start_mic("mic-reload", &[]);
+    let name = w.assigned_name("demo", "rld");
+    eventually("assigned identity created", DEADLINE, || async { w.assigned_status(&name).await }).await;
+    assert_eq!(w.assigned_status(&name).await.as_deref(), Some("Created"), "ARM refuses the wrong secret");
+    assert!(!w.vmss_has("rldpool", &id));
+
+    std::fs::write(&w.azure_json, good).expect("fix azure.json");
+    w.wait_assigned(&name).await;
+    assert!(w.vmss_has("rldpool", &id));
+}
