@@ -95,8 +95,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_keep_counter_names_without_a_total_suffix() {
         let registry = Registry::new();
-        let counter =
-            prometheus::IntCounter::new("aadpodidentity_mic_cycle_count", "number of sync cycles").unwrap();
+        let counter = prometheus::IntCounter::new("aadpodidentity_mic_cycle_count", "number of sync cycles").unwrap();
         registry.register(Box::new(counter.clone())).unwrap();
         counter.inc();
         let (status, body) = body_of(metrics_router(registry), "/metrics").await;
