@@ -499,3 +499,34 @@ fn user_facing_cluster_roles() {
     assert!(!edit.text.contains("aggregate-to-view"));
     assert!(edit.text.contains("verbs: [\"create\", \"delete\", \"deletecollection\", \"patch\", \"update\"]"));
 }
+
+#[test]
+fn psps_render_only_where_the_api_exists() {
+    let docs = docs(&template(&["rbac.pspEnabled=true"]));
+    assert!(!docs.iter().any(|d| d.kind == "PodSecurityPolicy"), "policy/v1beta1 PSPs are gone since k8s 1.25");
+
+    let chart = chart();
+    let render = |mode: &str| {
+        let set = format!("rbac.pspEnabled=true,operationMode={mode}");
+        let args = [
+            "template",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--set",
+            &set,
+            "--api-versions",
+            "policy/v1beta1/PodSecurityPolicy",
+        ];
+        self::docs(&helm(&args).unwrap_or_else(|e| panic!("helm template {args:?}:\n{e}")))
+    };
+    let standard = render("standard");
+    let nmi = find(&standard, "PodSecurityPolicy", "aad-pod-identity-psp-nmi").expect("NMI PSP");
+    assert!(nmi.text.contains("hostNetwork: true"));
+    assert!(nmi.text.contains("allowedCapabilities:\n    - NET_ADMIN\n    - DAC_READ_SEARCH\n    - NET_RAW"));
+    let mic = find(&standard, "PodSecurityPolicy", "aad-pod-identity-psp-mic").expect("MIC PSP");
+    assert!(!mic.text.contains("hostNetwork") && !mic.text.contains("allowedCapabilities"));
+
+    let managed = render("managed");
+    assert!(find(&managed, "PodSecurityPolicy", "aad-pod-identity-psp-nmi").is_some());
+    assert!(find(&managed, "PodSecurityPolicy", "aad-pod-identity-psp-mic").is_none());
+}
