@@ -530,3 +530,24 @@ fn psps_render_only_where_the_api_exists() {
     assert!(find(&managed, "PodSecurityPolicy", "aad-pod-identity-psp-nmi").is_some());
     assert!(find(&managed, "PodSecurityPolicy", "aad-pod-identity-psp-mic").is_none());
 }
+
+#[test]
+fn pdb_api_version_follows_the_cluster() {
+    let chart = chart();
+    for (kube, want) in [("1.20.0", "apiVersion: policy/v1beta1"), ("1.30.0", "apiVersion: policy/v1\n")] {
+        let args = [
+            "template",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--kube-version",
+            kube,
+            "--set",
+            "mic.podDisruptionBudget.minAvailable=1",
+            "--show-only",
+            "templates/mic-pod-disruption-budget.yaml",
+        ];
+        let out = helm(&args).unwrap_or_else(|e| panic!("helm template {args:?}:\n{e}"));
+        assert!(out.contains(want), "k8s {kube}: want {want:?}:\n{out}");
+        assert!(out.contains("name: mic-pdb") && out.contains("minAvailable: 1"), "{out}");
+    }
+}
