@@ -24,7 +24,7 @@ pub trait Expiring {
 
 impl Expiring for TokenJson {
     fn expires_on(&self) -> u64 {
-        self.expires_on_secs()
+        crate::token::expires_on_secs(self)
     }
 }
 

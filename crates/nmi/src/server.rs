@@ -345,7 +345,7 @@ async fn fetch_tokens(state: &AppState, identity: &IdentityView, resource: &str)
         TokenFailure::Refused(m) => NmiError::TokenRefused(m),
         TokenFailure::Unavailable(m) => NmiError::TokenUnavailable(m),
     })?;
-    if let Some(oid) = tokens.first().and_then(TokenJson::object_id) {
+    if let Some(oid) = tokens.first().and_then(crate::token::object_id) {
         let mut known = state.object_ids.write().unwrap_or_else(PoisonError::into_inner);
         known.insert(identity.client_id().to_ascii_lowercase(), oid);
     }

@@ -58,7 +58,7 @@ fn mk_token(client_id: &str, resource: &str) -> TokenJson {
         not_before: "1700000000".into(),
         resource: resource.into(),
         token_type: "Bearer".into(),
-        client_id: client_id.into(),
+        client_id: Some(client_id.into()),
         ..Default::default()
     }
 }

@@ -1,51 +1,24 @@
 //! The token JSON NMI answers with: IMDS's shape, every value a string (upstream §3.5), plus
 //! `client_id` as real IMDS sends it (a deliberate difference).
 //!
-//! Its `Debug` never prints the access token, so a stray `?token` in a log leaks nothing.
+//! The type itself is `aadpodid_azure::token::Token` (its `Debug` never prints the access token);
+//! this module adds what only NMI reads from it.
 
-use serde::{Deserialize, Serialize};
+pub use aadpodid_azure::token::Token as TokenJson;
 
-/// One token, as IMDS returns it.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenJson {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub expires_in: String,
-    /// Unix seconds, as a string.
-    pub expires_on: String,
-    pub not_before: String,
-    pub resource: String,
-    pub token_type: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub client_id: String,
+/// `expires_on` as Unix seconds; 0 (already expired) when unreadable, so it is never cached.
+pub fn expires_on_secs(token: &TokenJson) -> u64 {
+    token.expires_on_unix().and_then(|s| u64::try_from(s).ok()).unwrap_or(0)
 }
 
-impl TokenJson {
-    /// `expires_on` as Unix seconds; 0 (already expired) when unreadable, so it is never cached.
-    pub fn expires_on_secs(&self) -> u64 {
-        self.expires_on.trim().parse().unwrap_or(0)
-    }
-
-    /// The `oid` claim of a JWT access token: the identity's principal (object) ID. Read
-    /// without verification; only used to match `object_id` among the pod's own identities.
-    pub fn object_id(&self) -> Option<String> {
-        use base64::Engine as _;
-        let payload = self.access_token.split('.').nth(1)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-        let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        claims.get("oid")?.as_str().map(str::to_owned)
-    }
-}
-
-impl std::fmt::Debug for TokenJson {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenJson")
-            .field("access_token", &"<redacted>")
-            .field("expires_on", &self.expires_on)
-            .field("resource", &self.resource)
-            .field("client_id", &aadpodid_api::view::redact_client_id(&self.client_id))
-            .finish_non_exhaustive()
-    }
+/// The `oid` claim of a JWT access token: the identity's principal (object) ID. Read
+/// without verification; only used to match `object_id` among the pod's own identities.
+pub fn object_id(token: &TokenJson) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.access_token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("oid")?.as_str().map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -65,7 +38,7 @@ mod tests {
         let v = serde_json::to_value(&t).unwrap();
         assert_eq!(v["expires_on"], "1700000000");
         assert!(v.get("client_id").is_none());
-        assert_eq!(t.expires_on_secs(), 1_700_000_000);
+        assert_eq!(expires_on_secs(&t), 1_700_000_000);
     }
 
     #[test]
@@ -73,7 +46,7 @@ mod tests {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let jwt = format!("{}.{}.sig", b64(r#"{"alg":"none"}"#), b64(r#"{"oid":"o-1"}"#));
         let t = TokenJson { access_token: jwt, ..Default::default() };
-        assert_eq!(t.object_id().as_deref(), Some("o-1"));
-        assert_eq!(TokenJson::default().object_id(), None);
+        assert_eq!(object_id(&t).as_deref(), Some("o-1"));
+        assert_eq!(object_id(&TokenJson::default()), None);
     }
 }

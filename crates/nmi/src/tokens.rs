@@ -87,7 +87,7 @@ impl AzureTokens {
         let started = Instant::now();
         let result = call.await;
         self.record(metrics::ADAL_TOKEN, started, result.is_ok());
-        result.map(|tokens| tokens.into_iter().map(to_json).collect()).map_err(failure)
+        result.map_err(failure)
     }
 
     async fn certificate_token(&self, id: &IdentityView, resource: &str) -> Result<TokenJson, TokenFailure> {
@@ -120,7 +120,7 @@ impl AzureTokens {
         let started = Instant::now();
         let result = call.await;
         self.record(operation, started, result.is_ok());
-        result.map(to_json).map_err(failure)
+        result.map_err(failure)
     }
 
     fn record(&self, operation: &str, started: Instant, ok: bool) {
@@ -211,19 +211,6 @@ fn authority(id: &IdentityView) -> (&str, &str) {
 pub fn client_secret(data: &BTreeMap<String, Vec<u8>>) -> Option<String> {
     let value = data.get("clientSecret").or_else(|| data.values().next())?;
     Some(String::from_utf8_lossy(value).into_owned())
-}
-
-fn to_json(token: Token) -> TokenJson {
-    TokenJson {
-        access_token: token.access_token,
-        refresh_token: token.refresh_token,
-        expires_in: token.expires_in,
-        expires_on: token.expires_on,
-        not_before: token.not_before,
-        resource: token.resource,
-        token_type: token.token_type,
-        client_id: token.client_id.unwrap_or_default(),
-    }
 }
 
 fn failure(err: TokenError) -> TokenFailure {
