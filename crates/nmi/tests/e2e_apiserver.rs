@@ -15,11 +15,11 @@ use aadpodid_azure_sim::seed::{self, Seed};
 use aadpodid_azure_sim::{Face, Fault, FaultKind, IdentityInfo, NodeRef, RunningSim, SimConfig, Simulator};
 use aadpodid_nmi::iptables::{CHAIN, Rules};
 use aadpodid_testkit::TempNamespace;
+use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
 use k8s_openapi::api::core::v1::{Secret, SecretReference};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{NodeSetup, assign, create_pod, prepare_node, set_state};
-use support::netns::{IMDS_IP, Node, Pod};
 use support::{jwt_claims, require_root, require_tool};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/imds_client.py");

@@ -21,8 +21,8 @@ use aadpodid_nmi::metrics::Metrics;
 use aadpodid_nmi::select::RetryPolicy;
 use aadpodid_nmi::server::{self, AppState, Config};
 use aadpodid_nmi::tokens::AzureTokens;
+use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
 use serde_json::Value;
-use support::netns::{IMDS_IP, Node, Pod};
 use support::{FixedNode, FixedSecrets, jwt_claims, require_root, require_tool};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/imds_client.py");
@@ -104,7 +104,7 @@ fn ua_spec(id: &IdentityInfo) -> AzureIdentitySpec {
 }
 
 /// Runs the Python client in `ns` (a blocking child process, off the runtime's threads).
-async fn python(ns: &support::netns::Namespace, args: &[&str], source: Option<Ipv4Addr>) -> Value {
+async fn python(ns: &aadpodid_testkit::netns::Namespace, args: &[&str], source: Option<Ipv4Addr>) -> Value {
     let mut cmd = ns.command("python3");
     cmd.arg(CLIENT).args(args).env_remove("AZURE_POD_IDENTITY_AUTHORITY_HOST").env_remove("MSI_ENDPOINT");
     if let Some(src) = source {

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use super::netns::{Node, Pod as NetPod};
+use aadpodid_testkit::netns::{Node, Pod as NetPod};
 
 /// The running `nmi` process inside a node, with its log file.
 pub struct Nmi {

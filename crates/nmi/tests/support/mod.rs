@@ -1,10 +1,9 @@
-//! Shared pieces of NMI's end-to-end tests: network namespaces (moves to `aadpodid-testkit`
-//! once that crate lands), a fixed node state for in-process tests, tool checks.
+//! Shared pieces of NMI's end-to-end tests: a fixed node state for in-process tests, tool checks
+//! (network namespaces are `aadpodid_testkit::netns`).
 
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
-pub mod netns;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
