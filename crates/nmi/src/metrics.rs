@@ -2,6 +2,10 @@
 //! without `_total` (hence the `prometheus` crate). A labelled series appears on first use,
 //! as the original's OpenCensus views did.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, PoisonError};
+
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 const NMI_BUCKETS: &[f64] =
@@ -20,12 +24,24 @@ pub const ADAL_TOKEN_MSI_USER_ASSIGNED: &str = "adal_token_msi_userassignedid";
 /// `operation_type` for service principal tokens.
 pub const ADAL_TOKEN: &str = "adal_token";
 
+/// Most label sets `aadpodidentity_nmi_operations_duration_seconds` keeps. Its path and
+/// resource labels are whatever a pod sends, so without a bound any pod could grow NMI's memory
+/// (and every Prometheus scrape) without limit; past it, new paths and resources are recorded
+/// as [`OVERFLOW_LABEL`] (a deliberate difference from the original).
+pub const MAX_OPERATION_SERIES: usize = 1000;
+/// The path and resource label of operations recorded past [`MAX_OPERATION_SERIES`].
+pub const OVERFLOW_LABEL: &str = "other";
+
 /// NMI's metric families, registered on one registry.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    /// Token and host handler latency by path, status, namespace and resource.
+    /// Token and host handler latency by path, status, namespace and resource; record through
+    /// [`Metrics::observe_operation`], which bounds the label sets.
     pub nmi_operations: HistogramVec,
+    /// Hashes of the label sets recorded so far (a collision only admits a set early).
+    operation_series: Arc<Mutex<HashSet<u64>>>,
+    series_hasher: RandomState,
     pub kubernetes_errors: IntCounterVec,
     pub imds_errors: IntCounterVec,
     pub imds_duration: HistogramVec,
@@ -59,7 +75,27 @@ impl Metrics {
         registry.register(Box::new(kubernetes_errors.clone()))?;
         registry.register(Box::new(imds_errors.clone()))?;
         registry.register(Box::new(imds_duration.clone()))?;
-        Ok(Self { registry, nmi_operations, kubernetes_errors, imds_errors, imds_duration })
+        Ok(Self {
+            registry,
+            nmi_operations,
+            operation_series: Arc::default(),
+            series_hasher: RandomState::new(),
+            kubernetes_errors,
+            imds_errors,
+            imds_duration,
+        })
+    }
+
+    /// Records one token or host operation, with path and resource folded into
+    /// [`OVERFLOW_LABEL`] once [`MAX_OPERATION_SERIES`] label sets exist.
+    pub fn observe_operation(&self, path: &str, status: &str, namespace: &str, resource: &str, seconds: f64) {
+        let key = self.series_hasher.hash_one((path, status, namespace, resource));
+        let admitted = {
+            let mut series = self.operation_series.lock().unwrap_or_else(PoisonError::into_inner);
+            series.contains(&key) || (series.len() < MAX_OPERATION_SERIES && series.insert(key))
+        };
+        let (path, resource) = if admitted { (path, resource) } else { (OVERFLOW_LABEL, OVERFLOW_LABEL) };
+        self.nmi_operations.with_label_values(&[path, status, namespace, resource]).observe(seconds);
     }
 }
 
@@ -82,5 +118,43 @@ mod tests {
         assert!(text.contains("aadpodidentity_nmi_operations_duration_seconds_bucket"));
         assert!(!text.contains("_total"));
         assert!(!text.contains("aadpodidentity_imds_operations_errors_count{"), "unused series stay hidden");
+    }
+
+    fn operation_series(m: &Metrics) -> Vec<Vec<(String, String)>> {
+        let families = m.registry.gather();
+        let family = families.iter().find(|f| f.name() == "aadpodidentity_nmi_operations_duration_seconds").unwrap();
+        family
+            .get_metric()
+            .iter()
+            .map(|metric| metric.get_label().iter().map(|l| (l.name().to_owned(), l.value().to_owned())).collect())
+            .collect()
+    }
+
+    #[test]
+    fn pod_chosen_paths_and_resources_cannot_grow_the_series_without_bound() {
+        let m = Metrics::new().unwrap();
+        for i in 0..MAX_OPERATION_SERIES + 500 {
+            let resource = format!("https://r{i}.example/");
+            m.observe_operation("/metadata/identity/oauth2/token", "200", "apps", &resource, 0.01);
+        }
+        // A known label set keeps its own series after the bound is reached.
+        m.observe_operation("/metadata/identity/oauth2/token", "200", "apps", "https://r0.example/", 0.01);
+        m.observe_operation("/metadata/identity/oauth2/tokenXYZ", "404", "apps", "https://new.example/", 0.01);
+
+        let series = operation_series(&m);
+        assert_eq!(series.len(), MAX_OPERATION_SERIES + 2, "the bound plus one overflow series per status");
+        let overflow: Vec<_> = series
+            .iter()
+            .filter(|labels| labels.contains(&("resource".to_owned(), OVERFLOW_LABEL.to_owned())))
+            .collect();
+        assert_eq!(overflow.len(), 2);
+        assert!(
+            overflow.iter().all(|labels| labels.contains(&("operation_type".to_owned(), OVERFLOW_LABEL.to_owned())))
+        );
+        let r0 = series
+            .iter()
+            .find(|labels| labels.contains(&("resource".to_owned(), "https://r0.example/".to_owned())))
+            .unwrap();
+        assert!(r0.contains(&("namespace".to_owned(), "apps".to_owned())));
     }
 }

@@ -185,11 +185,13 @@ async fn measured(
     };
     let resource = query::parse_token_query(query).map(|q| q.resource).unwrap_or_default();
     let status = response.status().as_u16().to_string();
-    state
-        .metrics
-        .nmi_operations
-        .with_label_values(&[path, status.as_str(), namespace.as_deref().unwrap_or_default(), resource.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.observe_operation(
+        path,
+        &status,
+        namespace.as_deref().unwrap_or_default(),
+        &resource,
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
