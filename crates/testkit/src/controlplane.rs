@@ -24,6 +24,19 @@ const APISERVER_DEADLINE: Duration = Duration::from_secs(120);
 const ETCD_DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
+/// File name of the audit log inside the control-plane directory.
+const AUDIT_LOG: &str = "audit.log";
+/// Every request at level Metadata, recorded once it completed (or, for watches, started).
+const AUDIT_POLICY: &str =
+    "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n";
+
+/// How to start a private control plane; the default is what [`ControlPlane::start`] does.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Write an apiserver audit log at level `Metadata` ([`ControlPlane::audit_log_path`]).
+    pub audit_metadata: bool,
+}
+
 /// A running kube-apiserver backed by its own etcd. See the crate docs for what it lacks.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -59,17 +72,32 @@ impl ControlPlane {
 
     /// Starts a private control plane from the given binaries (for testing other builds).
     pub async fn start_with(tools: Tools) -> Result<Self, Error> {
+        Self::start_with_options(tools, Options::default()).await
+    }
+
+    /// Starts a private control plane whose apiserver writes an audit log at level `Metadata`
+    /// (who did what to which resource; no bodies) to [`ControlPlane::audit_log_path`], e.g. to
+    /// check that a component's RBAC rules are all used.
+    pub async fn start_audited() -> Result<Self, Error> {
+        let tools = tokio::task::spawn_blocking(Tools::locate)
+            .await
+            .map_err(|e| Error::Io { what: "locating tools".to_owned(), source: std::io::Error::other(e) })??;
+        Self::start_with_options(tools, Options { audit_metadata: true }).await
+    }
+
+    /// Starts a private control plane from the given binaries with `options`.
+    pub async fn start_with_options(tools: Tools, options: Options) -> Result<Self, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::start_once(tools.clone()).await {
+            match Self::start_once(tools.clone(), &options).await {
                 Err(e) if attempt < 3 && is_port_clash(&e) => continue,
                 other => return other,
             }
         }
     }
 
-    async fn start_once(tools: Tools) -> Result<Self, Error> {
+    async fn start_once(tools: Tools, options: &Options) -> Result<Self, Error> {
         sweep_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
@@ -87,7 +115,13 @@ impl ControlPlane {
         wait_for_port(&mut etcd, ports.etcd_client, ETCD_DEADLINE).await?;
 
         let issuer = format!("https://127.0.0.1:{}", ports.apiserver);
-        let args = apiserver_args(dir.path(), &ports, &issuer);
+        let mut args = apiserver_args(dir.path(), &ports, &issuer);
+        if options.audit_metadata {
+            let policy = dir.path().join("audit-policy.yaml");
+            write(&policy, AUDIT_POLICY)?;
+            args.push(format!("--audit-policy-file={}", policy.display()));
+            args.push(format!("--audit-log-path={}", dir.path().join(AUDIT_LOG).display()));
+        }
         let mut apiserver =
             Proc::spawn("kube-apiserver", &tools.kube_apiserver, &args, dir.path().join("apiserver.log"))?;
 
@@ -134,6 +168,12 @@ impl ControlPlane {
     /// The binaries this control plane runs, plus kubectl and helm of the same build.
     pub fn tools(&self) -> &Tools {
         &self.tools
+    }
+
+    /// Where the audit log is written (JSON lines, one `audit.k8s.io/v1` Event each); the file
+    /// exists only for a control plane started with [`Options::audit_metadata`].
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.path().join(AUDIT_LOG)
     }
 
     /// The temporary directory holding logs, PKI, etcd data and the kubeconfig.

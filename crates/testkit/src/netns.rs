@@ -27,7 +27,7 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// The IMDS address every node serves on.
 pub const IMDS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-/// The node's address as pods see it (their gateway).
+/// The node's address as pods see it (their gateway) for [`Node::create`]; see [`Node::gateway`].
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 
 fn io_err(msg: impl Into<String>) -> io::Error {
@@ -172,17 +172,31 @@ impl Drop for Namespace {
 pub struct Node {
     pub ns: Namespace,
     next_pod: AtomicU32,
+    /// Second octet of this node's pod addresses (`10.<octet>.x.y`); 244 for [`Node::create`].
+    octet: u8,
 }
 
 impl Node {
     /// A node namespace with `169.254.169.254/32` on `lo` and `route_localnet` enabled, so the
     /// original's DNAT to 127.0.0.1 works for pod traffic (kube-proxy sets it on real nodes).
     pub fn create() -> io::Result<Self> {
+        Self::create_with_pod_range(244)
+    }
+
+    /// Like [`Node::create`], but pods get `10.<octet>.0.2`, `.3`, … behind gateway
+    /// `10.<octet>.0.1`, so pods of several nodes have distinct IPs (as on a real cluster,
+    /// where NMI tells pods apart by source address). `244` is [`Node::create`]'s range.
+    pub fn create_with_pod_range(octet: u8) -> io::Result<Self> {
         let ns = Namespace::create("node")?;
         ip(Some(ns.name()), &["addr", "add", &format!("{IMDS_IP}/32"), "dev", "lo"])?;
         sysctl(ns.name(), "net.ipv4.conf.all.route_localnet", "1")?;
         sysctl(ns.name(), "net.ipv4.conf.default.route_localnet", "1")?;
-        Ok(Self { ns, next_pod: AtomicU32::new(2) })
+        Ok(Self { ns, next_pod: AtomicU32::new(2), octet })
+    }
+
+    /// The node's address as its pods see it (their gateway): `10.<octet>.0.1`.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.octet, 0, 1)
     }
 
     /// A listener on the node's IMDS address, for the simulator's `serve_imds`.
@@ -191,23 +205,25 @@ impl Node {
     }
 
     /// A new pod namespace joined to this node by a veth pair, with the next free IP
-    /// (10.244.0.2, .3, …) and a default route through the node.
+    /// (10.244.0.2, .3, … or the node's own range) and a default route through the node.
     pub fn add_pod(&self) -> io::Result<Pod> {
         let k = self.next_pod.fetch_add(1, Ordering::SeqCst);
-        let pod_ip = Ipv4Addr::new(10, 244, u8::try_from(k / 250).unwrap_or(0), u8::try_from(k % 250).unwrap_or(0));
+        let pod_ip =
+            Ipv4Addr::new(10, self.octet, u8::try_from(k / 250).unwrap_or(0), u8::try_from(k % 250).unwrap_or(0));
+        let gateway = self.gateway();
         let ns = Namespace::create("pod")?;
         let node_if = format!("vp{k}");
         let node = Some(self.ns.name());
         ip(node, &["link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-        ip(node, &["addr", "add", &format!("{NODE_IP}/32"), "dev", &node_if])?;
+        ip(node, &["addr", "add", &format!("{gateway}/32"), "dev", &node_if])?;
         sysctl(self.ns.name(), &format!("net.ipv4.conf.{node_if}.route_localnet"), "1")?;
         ip(node, &["link", "set", &node_if, "up"])?;
         ip(node, &["route", "add", &format!("{pod_ip}/32"), "dev", &node_if])?;
         let pod = Some(ns.name());
         ip(pod, &["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"])?;
         ip(pod, &["link", "set", "eth0", "up"])?;
-        ip(pod, &["route", "add", &format!("{NODE_IP}/32"), "dev", "eth0"])?;
-        ip(pod, &["route", "add", "default", "via", &NODE_IP.to_string(), "dev", "eth0"])?;
+        ip(pod, &["route", "add", &format!("{gateway}/32"), "dev", "eth0"])?;
+        ip(pod, &["route", "add", "default", "via", &gateway.to_string(), "dev", "eth0"])?;
         Ok(Pod { ns, ip: pod_ip })
     }
 
