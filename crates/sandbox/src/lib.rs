@@ -886,12 +886,14 @@ impl Sandbox {
 
     /// Stops everything: MIC and NMI with SIGTERM, then pods, nodes (network namespaces),
     /// the simulator and the control plane.
-    pub async fn shutdown(mut self) {
-        self.stop_components().await;
+    /// Returns how each MIC and NMI process ended.
+    pub async fn shutdown(mut self) -> Vec<(String, Option<std::process::ExitStatus>)> {
+        let stopped = self.stop_components().await;
         for n in &self.nodes {
             n.imds.stop();
         }
         // Drop order does the rest (see the struct).
+        stopped
     }
 }
 

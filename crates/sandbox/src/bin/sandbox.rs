@@ -78,7 +78,10 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     };
-    sandbox.shutdown().await;
-    println!("sandbox: cleaned up (processes stopped, network namespaces and control plane removed).");
+    for (what, status) in sandbox.shutdown().await {
+        let how = status.map_or_else(|| "did not stop".to_owned(), |s| s.to_string());
+        println!("sandbox: {what} stopped ({how})");
+    }
+    println!("sandbox: cleaned up (network namespaces, simulator and control plane removed).");
     code
 }
