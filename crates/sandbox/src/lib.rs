@@ -977,10 +977,3 @@ fn sweep_stale_netns() {
         }
     }
 }
-
-/// Sorted, de-duplicated lines, for comparing kubectl listings.
-pub fn sorted_lines(text: &str) -> Vec<String> {
-    let set: std::collections::BTreeSet<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-    set.into_iter().collect()
-}

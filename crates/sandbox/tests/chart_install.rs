@@ -7,7 +7,8 @@
 //! - `helm uninstall` leaves none of the release's objects behind (CRDs stay, by Helm design).
 //!
 //! Needs root (network namespaces, iptables), Python azure-identity and the control-plane
-//! tools (`bash hack/setup.sh`). Builds `mic` and `nmi` first (`cargo build`, a no-op when fresh).
+//! tools (`bash hack/setup.sh`), and fresh `mic` and `nmi` binaries (`cargo test --workspace`
+//! builds them; alone, run `cargo build -p aadpodid-mic -p aadpodid-nmi` first).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -138,20 +139,50 @@ fn step(text: &str) {
     println!("\n==> {text}");
 }
 
-/// Builds (or confirms fresh) our binaries, so the test never runs stale ones.
+/// Our binaries as `cargo test --workspace` builds them (`target/<profile>/{mic,nmi}`); a
+/// missing or stale one fails with the command to run. (Building them from here would resolve
+/// other dependency features than the workspace test build and rebuild half the tree.)
 fn config() -> Config {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", "aadpodid-mic", "-p", "aadpodid-nmi"])
-        .current_dir(aadpodid_testkit::repo_root())
-        .status()
-        .expect("running cargo build for mic and nmi");
-    assert!(status.success(), "cargo build -p aadpodid-mic -p aadpodid-nmi failed");
     let mut cfg = Config::locate().unwrap_or_else(|e| panic!("{e}"));
+    let root = aadpodid_testkit::repo_root();
+    let crates = ["mic", "nmi", "api", "azure", "runtime"].map(|c| root.join("crates").join(c));
+    let newest_source = crates
+        .iter()
+        .flat_map(|c| {
+            [newest_mtime(&c.join("src")), std::fs::metadata(c.join("Cargo.toml")).and_then(|m| m.modified()).ok()]
+        })
+        .max()
+        .flatten();
+    for bin in [&cfg.mic_bin, &cfg.nmi_bin] {
+        let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+        assert!(
+            built.is_some() && built >= newest_source,
+            "{} is older than its sources: run `cargo build -p aadpodid-mic -p aadpodid-nmi` (or the whole \
+             `cargo test --workspace`) first",
+            bin.display()
+        );
+    }
     cfg.audit = true;
     // A chart value that reaches MIC's args, and a quicker failover below.
     cfg.helm_set = vec!["mic.leaderElection.duration=5s".to_owned()];
     cfg
+}
+
+/// The newest modification time of the `.rs` files under `dir`.
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 async fn poll<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
