@@ -604,11 +604,9 @@ impl Sandbox {
         let start = Instant::now();
         loop {
             let node = &self.nodes[i];
-            let out = node
-                .net
-                .ns
-                .run("curl", &["-s", "--max-time", "2", &url])
-                .map_err(|e| fail(step)(format!("curl in {}: {e}", node.net.ns.name())))?;
+            let mut curl = tokio::process::Command::from(node.net.ns.command("curl"));
+            curl.args(["-s", "--max-time", "2", &url]).stdin(std::process::Stdio::null()).kill_on_drop(true);
+            let out = curl.output().await.map_err(|e| fail(step)(format!("curl in {}: {e}", node.net.ns.name())))?;
             if String::from_utf8_lossy(&out.stdout) == "Active" {
                 return Ok(());
             }
@@ -921,9 +919,7 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| body.to_owned())
-            .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_owned()))
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
     };
     tokio::time::timeout(Duration::from_secs(2), fut).await.ok().flatten()
 }
