@@ -7,9 +7,10 @@
 //! runtime -> C connections -> Outcome (latencies, errors, elapsed) -> Latencies (p50, p99)
 //! ```
 //!
-//! Fixed rates are open loop: request `i` is due at `t0 + i / rate` and its latency counts from
-//! that due time, so a server that falls behind is charged for the queue it causes (no
-//! coordinated omission). Saturation is closed loop: each connection sends its next request
+//! Fixed rates are open loop: request `i` is due at `t0 + i / rate`; when the connection is
+//! still busy with an earlier answer at that time, its latency counts from the due time, so a
+//! server that falls behind is charged for the queue it causes (no coordinated omission);
+//! otherwise from when it is sent (the timer's lateness is the generator's own). Saturation is closed loop: each connection sends its next request
 //! as soon as the previous answer is read.
 
 use std::net::SocketAddr;
@@ -152,6 +153,7 @@ async fn connection(mut sender: Sender, j: usize, start: Instant, plan: Plan, ta
     let mut out = Outcome::default();
     let end = start + plan.duration;
     let mut i = j;
+    let mut free_at = start;
     loop {
         let due = match plan.pace {
             Pace::Rate(rate) => start + Duration::from_secs_f64(i as f64 / rate),
@@ -160,11 +162,19 @@ async fn connection(mut sender: Sender, j: usize, start: Instant, plan: Plan, ta
         if due >= end || plan.requests.is_some_and(|n| i >= n) {
             break;
         }
-        if matches!(plan.pace, Pace::Rate(_)) {
+        let from = if free_at > due {
+            // Behind schedule because of slow answers: the wait counts (no coordinated omission).
+            due
+        } else {
+            // On schedule: the timer's own lateness (up to a tick) is the generator's, not the server's.
             tokio::time::sleep_until(due.into()).await;
-        }
+            Instant::now()
+        };
         let path = &plan.paths[i % plan.paths.len()];
-        match send(&mut sender, path).await {
+        let answer = send(&mut sender, path).await;
+        free_at = Instant::now();
+        out.latencies_us.push(free_at.duration_since(from).as_micros() as u64);
+        match answer {
             Ok((200, _)) => {}
             Ok((status, body)) => {
                 out.errors += 1;
@@ -180,7 +190,6 @@ async fn connection(mut sender: Sender, j: usize, start: Instant, plan: Plan, ta
                 }
             }
         }
-        out.latencies_us.push(due.elapsed().as_micros() as u64);
         i += plan.connections;
     }
     out
