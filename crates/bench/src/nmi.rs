@@ -121,7 +121,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Section> {
     let env = Env::start(sizes.pods, IDENTITIES).await.context("starting the NMI benchmark's cluster and node")?;
     let mut results = Results::default();
     if config.original.is_none() {
-        results.original_unavailable = Some("not requested (--no-original)".to_owned());
+        results.original_unavailable = Some("skipped with --no-original".to_owned());
     }
     let mut floor_body: Option<Bytes> = None;
     for run in 0..config.runs {
