@@ -170,7 +170,7 @@ async fn run_once(
     let writes = world.assigned_writes().await? - writes_before;
     let usage = mic.usage().context("MIC exited")?;
     mic.kill().await;
-    watch_task.abort();
+    drop(watch_task);
 
     let converge = done.unwrap_or(timeout);
     let targets = counters.targets.values();

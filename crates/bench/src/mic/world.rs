@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Container, Event as KubeEvent, Namespace, Node, NodeSpec, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
 use tokio::sync::watch;
 
@@ -204,14 +204,14 @@ impl World {
 
     /// Starts watching AzureAssignedIdentities; the receiver holds how many are `Assigned`. Returns
     /// once the initial list is in, so no event of the run is missed.
-    pub(super) async fn watch_assigned(&self) -> anyhow::Result<(watch::Receiver<usize>, tokio::task::JoinHandle<()>)> {
+    pub(super) async fn watch_assigned(&self) -> anyhow::Result<(watch::Receiver<usize>, AbortOnDrop)> {
         let api: Api<AzureAssignedIdentity> = Api::namespaced(self.client.clone(), ASSIGNED_NS);
         let (tx, rx) = watch::channel(0usize);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut status: HashMap<String, bool> = HashMap::new();
             let mut ready = Some(ready_tx);
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) => {
@@ -231,6 +231,7 @@ impl World {
                 let _ = tx.send(status.values().filter(|&&a| a).count());
             }
         });
+        let task = AbortOnDrop(task);
         tokio::time::timeout(Duration::from_secs(30), ready_rx).await.context("watch not started")??;
         Ok((rx, task))
     }
@@ -246,6 +247,15 @@ impl World {
     /// A snapshot of the simulator's counters.
     pub(super) fn counters(&self) -> Counters {
         self.sim.counters()
+    }
+}
+
+/// A spawned task that ends with its owner, also when a run fails half-way.
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
