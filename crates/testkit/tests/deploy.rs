@@ -47,7 +47,11 @@ fn plain_manifests_match_a_fresh_rendering_of_the_chart() {
     let names = |m: &BTreeMap<PathBuf, String>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&checked_in), names(&rendered), "deploy/infra has other files than the chart renders");
     for (path, text) in &rendered {
-        assert!(checked_in[path] == *text, "deploy/infra/{} drifted from the chart: run hack/generate.sh", path.display());
+        assert!(
+            checked_in[path] == *text,
+            "deploy/infra/{} drifted from the chart: run hack/generate.sh",
+            path.display()
+        );
     }
     // The variants differ where the original's did.
     let rbac = &checked_in[Path::new("deployment-rbac.yaml")];
