@@ -197,15 +197,19 @@ async fn connection(mut sender: Sender, j: usize, start: Instant, plan: Plan, ta
 
 async fn send(sender: &mut Sender, path: &str) -> anyhow::Result<(u16, String)> {
     sender.ready().await?;
-    let request = http::Request::get(path)
-        .header(http::header::HOST, IMDS_IP.to_string())
-        .header("Metadata", "true")
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
+    let response = sender.send_request(token_request(path)?).await?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     let text = if status == 200 { String::new() } else { String::from_utf8_lossy(&body).into_owned() };
     Ok((status, text))
+}
+
+/// The IMDS-shaped GET every request of the benchmark sends.
+fn token_request(path: &str) -> anyhow::Result<http::Request<Empty<Bytes>>> {
+    Ok(http::Request::get(path)
+        .header(http::header::HOST, IMDS_IP.to_string())
+        .header("Metadata", "true")
+        .body(Empty::<Bytes>::new())?)
 }
 
 /// One request on a new connection from `pod`, for checks before a measurement: status and body.
@@ -216,11 +220,7 @@ pub(crate) async fn get_once(pod: Arc<Pod>, path: String) -> anyhow::Result<(u16
             rt.block_on(async {
                 let mut sender = connect(SocketAddr::from((IMDS_IP, 80))).await?;
                 sender.ready().await?;
-                let request = http::Request::get(path.as_str())
-                    .header(http::header::HOST, IMDS_IP.to_string())
-                    .header("Metadata", "true")
-                    .body(Empty::<Bytes>::new())?;
-                let response = sender.send_request(request).await?;
+                let response = sender.send_request(token_request(&path)?).await?;
                 let status = response.status().as_u16();
                 let body = response.into_body().collect().await?.to_bytes();
                 anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
