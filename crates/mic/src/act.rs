@@ -17,7 +17,7 @@ use aadpodid_api::{
     AssignedIdentityState, AzureAssignedIdentity, AzureAssignedIdentitySpec, AzureAssignedIdentityStatus,
     AzureIdentity, AzureIdentityBinding,
 };
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -103,9 +103,8 @@ pub type PodUids = BTreeMap<(String, String), String>;
 /// Carries out the plan; targets in parallel, orphans without ARM.
 pub async fn apply(plan: Plan, ctx: &Ctx, pods: &PodUids) -> Outcome {
     let mut out = Outcome::default();
-    let orphans: Vec<_> = plan.orphans.iter().map(|o| delete_one(ctx, o, false)).collect();
-    let orphans = stream::iter(orphans).buffer_unordered(ctx.batch.max(1)).collect::<Vec<_>>().await;
-    for o in orphans {
+    let mut orphans = buffered(plan.orphans.iter().map(|o| delete_one(ctx, o, false).boxed()), ctx.batch);
+    while let Some(o) = orphans.next().await {
         out.merge(o);
     }
     let targets =
@@ -114,6 +113,16 @@ pub async fn apply(plan: Plan, ctx: &Ctx, pods: &PodUids) -> Outcome {
         out.merge(o);
     }
     out
+}
+
+/// Runs futures `batch` at a time, each made only when a slot frees: a kube request's future is
+/// kilobytes, and a burst can hold thousands of objects. Boxed, so the caller's future stays
+/// `Send` without naming the iterator's closure types.
+fn buffered<'a, T: 'a>(
+    futures: impl Iterator<Item = BoxFuture<'a, T>> + Send + 'a,
+    batch: usize,
+) -> futures::stream::BoxStream<'a, T> {
+    stream::iter(futures).buffer_unordered(batch.max(1)).boxed()
 }
 
 // === Pending ===
@@ -242,16 +251,15 @@ async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &Pod
 /// Writes creates (POST) and updates (PUT) with status `Created`; returns the ones written.
 async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Outcome) -> Vec<Pending> {
     let batch = ctx.batch.max(1);
-    let creates: Vec<_> = t.creates.iter().map(|d| create_one(ctx, d, started)).collect();
-    let updates: Vec<_> = t.updates.iter().map(|u| update_one(ctx, u, started)).collect();
-    let mut results: Vec<_> = stream::iter(creates).buffer_unordered(batch).collect().await;
-    results.extend(stream::iter(updates).buffer_unordered(batch).collect::<Vec<_>>().await);
+    let creates = t.creates.iter().map(|d| create_one(ctx, d, started).boxed());
+    let updates = t.updates.iter().map(|u| update_one(ctx, u, started).boxed());
+    let mut results = buffered(creates.chain(updates), batch);
     let mut written = Vec::new();
-    for (p, res) in results {
+    while let Some((p, res)) = results.next().await {
         out.api_writes += 1;
         match res {
-            Ok(obj) => {
-                out.written.push(present(&obj));
+            Ok(w) => {
+                out.written.push(w);
                 written.push(p);
             }
             Err(error) => {
@@ -267,18 +275,20 @@ async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Ou
     written
 }
 
-type WriteResult = (Pending, Result<AzureAssignedIdentity, kube::Error>);
+/// A write's pending object and what the API server answered (only what the cache check needs
+/// of the returned object is kept).
+type WriteResult = (Pending, Result<Written, kube::Error>);
 
 async fn create_one(ctx: &Ctx, d: &Desired, started: Instant) -> WriteResult {
     let obj = new_object(d, None);
     let res = api(ctx, &d.namespace).create(&PostParams::default(), &obj).await;
-    (Pending::of_desired(d, Kind::Create, started), res)
+    (Pending::of_desired(d, Kind::Create, started), res.map(|o| present(&o)))
 }
 
 async fn update_one(ctx: &Ctx, u: &Update, started: Instant) -> WriteResult {
     let obj = new_object(&u.after, Some(&u.before.object));
     let res = api(ctx, &u.before.namespace).replace(&u.before.name.0, &PostParams::default(), &obj).await;
-    (Pending::of_desired(&u.after, Kind::Update, started), res)
+    (Pending::of_desired(&u.after, Kind::Update, started), res.map(|o| present(&o)))
 }
 
 fn present(obj: &AzureAssignedIdentity) -> Written {
@@ -350,16 +360,19 @@ async fn finish(
     on_node: Option<(&BTreeSet<String>, &ArmFailure)>,
     out: &mut Outcome,
 ) {
-    let assigns: Vec<_> = pending.into_iter().map(|p| assign_one(ctx, p, on_node)).collect();
-    let dels: Vec<_> = deletes.iter().map(|r| remove_one(ctx, r, on_node)).collect();
-    let batch = ctx.batch.max(1);
-    let (a, d): (Vec<Outcome>, Vec<Outcome>) = futures::join!(
-        stream::iter(assigns).buffer_unordered(batch).collect(),
-        stream::iter(dels).buffer_unordered(batch).collect()
+    let assigns = pending.into_iter().map(|p| assign_one(ctx, p, on_node).boxed());
+    let dels = deletes.iter().map(|r| remove_one(ctx, r, on_node).boxed());
+    let batch = ctx.batch;
+    let merged = |mut acc: Outcome, o: Outcome| async move {
+        acc.merge(o);
+        acc
+    };
+    let (a, d) = futures::join!(
+        buffered(assigns, batch).fold(Outcome::default(), merged),
+        buffered(dels, batch).fold(Outcome::default(), merged)
     );
-    for o in a.into_iter().chain(d) {
-        out.merge(o);
-    }
+    out.merge(a);
+    out.merge(d);
 }
 
 /// Marks one pending object `Assigned`, unless the ARM call failed and its identity is not on
