@@ -1,20 +1,21 @@
-//! The watch caches MIC decides from: pods (stripped to the few fields MIC reads), nodes
-//! (provider ID only), and the three CRDs it uses. Every change wakes the loop; nothing here
-//! decides or writes.
+//! The watch caches MIC decides from: pods (kept as [`PodView`]s), nodes (provider ID only),
+//! and the three CRDs it uses (embedded copies in AzureAssignedIdentities trimmed). Every
+//! change wakes the loop; nothing here decides or writes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aadpodid_api::names::POD_LABEL_KEY;
-use aadpodid_api::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding};
+use aadpodid_api::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentitySpec};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod};
+use kube::api::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::act::{PodUids, Written};
@@ -23,26 +24,99 @@ use crate::view::{self, AssignedName, AssignedView, BindingView, NodeIndex, PodV
 /// Read handles onto the watch caches.
 #[derive(Clone)]
 pub struct Caches {
-    pub pods: Store<Pod>,
+    pub pods: PodStore,
     pub nodes: Store<Node>,
     pub identities: Store<AzureIdentity>,
     pub bindings: Store<AzureIdentityBinding>,
     pub assigned: Store<AzureAssignedIdentity>,
 }
 
-/// Keeps only what MIC reads of a pod: identity, the `aadpodidbinding` label and the node.
-pub fn strip_pod(pod: &mut Pod) {
-    let label = pod.metadata.labels.as_ref().and_then(|l| l.get(POD_LABEL_KEY).cloned());
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let meta = &mut pod.metadata;
-    meta.labels = label.map(|v| [(POD_LABEL_KEY.to_owned(), v)].into());
-    meta.annotations = None;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    pod.spec = Some(PodSpec { node_name: node, ..Default::default() });
-    pod.status = None;
+/// The watches stopped before every cache had its first full list.
+#[derive(Debug, thiserror::Error)]
+#[error("a watch stopped before its cache was ready")]
+pub struct CachesStopped;
+
+/// MIC's pods: those with the `aadpodidbinding` label that run on a node, as [`PodView`]s by
+/// (namespace, name). A view is a few hundred bytes; a cached `Pod`, even stripped, is over
+/// 2 KiB, and MIC holds every labelled pod of the cluster.
+#[derive(Clone)]
+pub struct PodStore {
+    pods: Arc<RwLock<PodMap>>,
+    ready: watch::Receiver<bool>,
+}
+
+type PodMap = BTreeMap<(String, String), PodView>;
+
+impl PodStore {
+    /// Every pod, in (namespace, name) order.
+    pub fn views(&self) -> Vec<PodView> {
+        self.pods.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    async fn wait_until_ready(&self) -> Result<(), CachesStopped> {
+        self.ready.clone().wait_for(|ready| *ready).await.map(|_| ()).map_err(|_| CachesStopped)
+    }
+}
+
+/// Applies watch events to a [`PodStore`]: a relist is collected aside and replaces the store
+/// when complete, as kube's reflector does.
+struct PodWriter {
+    pods: Arc<RwLock<PodMap>>,
+    ready: watch::Sender<bool>,
+    relist: Option<PodMap>,
+}
+
+fn pod_store() -> (PodStore, PodWriter) {
+    let pods = Arc::new(RwLock::new(PodMap::new()));
+    let (tx, rx) = watch::channel(false);
+    (PodStore { pods: Arc::clone(&pods), ready: rx }, PodWriter { pods, ready: tx, relist: None })
+}
+
+impl PodWriter {
+    fn apply(&mut self, event: &watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Init => self.relist = Some(PodMap::new()),
+            watcher::Event::InitApply(pod) => {
+                if let Some(relist) = self.relist.as_mut() {
+                    upsert(relist, pod);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(relist) = self.relist.take()
+                    && let Ok(mut pods) = self.pods.write()
+                {
+                    *pods = relist;
+                }
+                self.ready.send_replace(true);
+            }
+            watcher::Event::Apply(pod) => {
+                if let Ok(mut pods) = self.pods.write() {
+                    upsert(&mut pods, pod);
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Ok(mut pods) = self.pods.write() {
+                    pods.remove(&pod_key(pod));
+                }
+            }
+        }
+    }
+}
+
+fn pod_key(pod: &Pod) -> (String, String) {
+    (pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// A pod that lost its label value or its node is no longer MIC's.
+fn upsert(pods: &mut PodMap, pod: &Pod) {
+    match view::pod_view(pod) {
+        Some(v) => {
+            pods.insert(pod_key(pod), v);
+        }
+        None => {
+            pods.remove(&pod_key(pod));
+        }
+    }
 }
 
 /// Keeps only a node's name and provider ID.
@@ -56,6 +130,41 @@ pub fn strip_node(node: &mut Node) {
     };
     node.spec = Some(NodeSpec { provider_id, ..Default::default() });
     node.status = None;
+}
+
+/// Keeps what MIC reads of an AzureAssignedIdentity: its own metadata (an update keeps it, a
+/// deletion edits its finalizers), spec and status, but of the embedded identity and binding
+/// only what names them and the identity's type, resource ID and client ID. The copies are
+/// most of the object, and MIC holds one object per pod and identity.
+pub fn strip_assigned(a: &mut AzureAssignedIdentity) {
+    a.metadata.managed_fields = None;
+    if let Some(id) = a.spec.azure_identity_ref.as_deref_mut() {
+        strip_embedded(&mut id.metadata);
+        let spec = std::mem::take(&mut id.spec);
+        id.spec = AzureIdentitySpec {
+            type_: spec.type_,
+            resource_id: spec.resource_id,
+            client_id: spec.client_id,
+            ..Default::default()
+        };
+        id.status = None;
+    }
+    if let Some(b) = a.spec.azure_binding_ref.as_deref_mut() {
+        strip_embedded(&mut b.metadata);
+        b.spec = Default::default();
+        b.status = None;
+    }
+}
+
+/// An embedded copy's identity: what events and the decision's `match` read.
+fn strip_embedded(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        ..Default::default()
+    };
 }
 
 fn strip_meta<K: Resource>(obj: &mut K) {
@@ -73,16 +182,33 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
-    let task = tokio::spawn(drive(stream, wake, K::kind(&()).into_owned()));
+    let task = tokio::spawn(drive(stream, wake, K::kind(&()).into_owned(), |_| {}));
     (reader, task)
 }
 
-async fn drive<K>(stream: impl Stream<Item = watcher::Result<watcher::Event<K>>>, wake: Arc<Notify>, kind: String) {
+fn spawn_pod_watch(api: Api<Pod>, config: watcher::Config, wake: Arc<Notify>) -> (PodStore, JoinHandle<()>) {
+    let (reader, mut writer) = pod_store();
+    let stream = watcher(api, config).default_backoff();
+    let task = tokio::spawn(drive(stream, wake, "Pod".to_owned(), move |ev| writer.apply(ev)));
+    (reader, task)
+}
+
+/// Runs a watch: `apply` sees each event first, then the loop is woken (not during a relist).
+async fn drive<K>(
+    stream: impl Stream<Item = watcher::Result<watcher::Event<K>>>,
+    wake: Arc<Notify>,
+    kind: String,
+    mut apply: impl FnMut(&watcher::Event<K>),
+) {
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
         match ev {
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-            Ok(_) => wake.notify_one(),
+            Ok(ev) => {
+                apply(&ev);
+                if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                    wake.notify_one();
+                }
+            }
             Err(error) => tracing::warn!(%error, kind = %kind, "Watch failed; retrying"),
         }
     }
@@ -91,12 +217,12 @@ async fn drive<K>(stream: impl Stream<Item = watcher::Result<watcher::Event<K>>>
 /// Starts the five watches; `wake` is notified on every change.
 pub fn start(client: &Client, wake: &Arc<Notify>) -> (Caches, Vec<JoinHandle<()>>) {
     let pods_cfg = watcher::Config::default().labels(POD_LABEL_KEY).any_semantic();
-    let (pods, t1) = spawn_watch(Api::<Pod>::all(client.clone()), pods_cfg, strip_pod, wake.clone());
+    let (pods, t1) = spawn_pod_watch(Api::all(client.clone()), pods_cfg, wake.clone());
     let cfg = watcher::Config::default().any_semantic();
     let (nodes, t2) = spawn_watch(Api::<Node>::all(client.clone()), cfg.clone(), strip_node, wake.clone());
     let (identities, t3) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta, wake.clone());
     let (bindings, t4) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta, wake.clone());
-    let (assigned, t5) = spawn_watch(Api::all(client.clone()), cfg, strip_meta, wake.clone());
+    let (assigned, t5) = spawn_watch(Api::all(client.clone()), cfg, strip_assigned, wake.clone());
     (Caches { pods, nodes, identities, bindings, assigned }, vec![t1, t2, t3, t4, t5])
 }
 
@@ -112,17 +238,17 @@ pub struct Snapshot {
 
 impl Caches {
     /// Waits until every cache has its first full list.
-    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+    pub async fn ready(&self) -> Result<(), CachesStopped> {
         self.pods.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await?;
-        self.identities.wait_until_ready().await?;
-        self.bindings.wait_until_ready().await?;
-        self.assigned.wait_until_ready().await
+        self.nodes.wait_until_ready().await.map_err(|_| CachesStopped)?;
+        self.identities.wait_until_ready().await.map_err(|_| CachesStopped)?;
+        self.bindings.wait_until_ready().await.map_err(|_| CachesStopped)?;
+        self.assigned.wait_until_ready().await.map_err(|_| CachesStopped)
     }
 
     /// Reads the caches into views; invalid identities and bindings are logged and skipped.
     pub fn snapshot(&self) -> Snapshot {
-        let pods: Vec<PodView> = self.pods.state().iter().filter_map(|p| view::pod_view(p)).collect();
+        let pods = self.pods.views();
         let pod_uids = pods.iter().map(|p| ((p.namespace.clone(), p.name.clone()), p.uid.clone())).collect();
         let (identities, invalid) = view::identity_index(self.identities.state().iter());
         for (key, error) in invalid {
@@ -173,20 +299,79 @@ impl Caches {
 mod tests {
     use super::*;
 
-    #[test]
-    fn stripped_pod_keeps_only_what_mic_reads() {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "resourceVersion": "7",
-                "labels": {"aadpodidbinding": "sel", "app": "x"}, "annotations": {"a": "b"}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+    fn mk_pod(name: &str, label: Option<&str>, node: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                "labels": label.map(|l| serde_json::json!({"aadpodidbinding": l, "app": "x"})).unwrap_or_default()},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
             "status": {"phase": "Running"}
         }))
+        .unwrap()
+    }
+
+    fn names(store: &PodStore) -> Vec<String> {
+        store.views().into_iter().map(|v| v.name).collect()
+    }
+
+    #[tokio::test]
+    async fn pod_store_keeps_labelled_scheduled_pods_as_views() {
+        let (store, mut writer) = pod_store();
+        writer.apply(&watcher::Event::Init);
+        writer.apply(&watcher::Event::InitApply(mk_pod("b", Some("sel"), Some("n1"))));
+        writer.apply(&watcher::Event::InitApply(mk_pod("a", Some("sel"), Some("n2"))));
+        writer.apply(&watcher::Event::InitApply(mk_pod("pending", Some("sel"), None)));
+        assert!(names(&store).is_empty(), "a relist shows only once complete");
+        writer.apply(&watcher::Event::InitDone);
+        store.wait_until_ready().await.unwrap();
+        assert_eq!(names(&store), ["a", "b"], "(namespace, name) order; unscheduled pods are not ours");
+        let a = &store.views()[0];
+        assert_eq!((a.node.as_str(), a.selector.as_str(), a.uid.as_str()), ("n2", "sel", "uid-a"));
+
+        writer.apply(&watcher::Event::Apply(mk_pod("pending", Some("sel"), Some("n1"))));
+        writer.apply(&watcher::Event::Apply(mk_pod("b", Some(""), Some("n1"))));
+        assert_eq!(names(&store), ["a", "pending"], "scheduled now; an empty label value is not ours");
+        writer.apply(&watcher::Event::Delete(mk_pod("a", Some("sel"), Some("n2"))));
+        assert_eq!(names(&store), ["pending"]);
+
+        writer.apply(&watcher::Event::Init);
+        writer.apply(&watcher::Event::InitApply(mk_pod("c", Some("sel"), Some("n1"))));
+        writer.apply(&watcher::Event::InitDone);
+        assert_eq!(names(&store), ["c"], "a relist replaces what was there");
+    }
+
+    #[tokio::test]
+    async fn pod_store_readiness_fails_when_its_watch_is_gone() {
+        let (store, writer) = pod_store();
+        drop(writer);
+        assert!(store.wait_until_ready().await.is_err());
+    }
+
+    #[test]
+    fn stripped_assigned_identity_reads_the_same() {
+        let mut a: AzureAssignedIdentity = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
+            "metadata": {"name": "p-ns-id", "namespace": "default", "resourceVersion": "9",
+                "labels": {"nodename": "n1"}, "finalizers": ["azureassignedidentity.finalizers.aadpodidentity.k8s.io"]},
+            "spec": {
+                "azureIdentityRef": {"metadata": {"name": "id", "namespace": "ns", "uid": "u1", "resourceVersion": "3",
+                    "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"}, "labels": {"a": "b"}},
+                    "spec": {"type": 0, "resourceID": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id",
+                        "clientID": "c1", "tenantID": "t"}},
+                "azureBindingRef": {"metadata": {"name": "b", "namespace": "ns", "uid": "u2", "resourceVersion": "4",
+                    "annotations": {"x": "y"}}, "spec": {"azureIdentity": "id", "selector": "sel"}},
+                "pod": "p", "podNamespace": "ns", "nodename": "n1"},
+            "status": {"status": "Assigned", "availableReplicas": 1}
+        }))
         .unwrap();
-        strip_pod(&mut pod);
-        let v = view::pod_view(&pod).unwrap();
-        assert_eq!((v.name.as_str(), v.node.as_str(), v.selector.as_str(), v.uid.as_str()), ("p", "n1", "sel", "u"));
-        assert_eq!(pod.metadata.labels.as_ref().unwrap().len(), 1);
-        assert!(pod.status.is_none() && pod.metadata.annotations.is_none());
-        assert!(pod.spec.unwrap().containers.is_empty());
+        let before = view::assigned_view(&Arc::new(a.clone()));
+        strip_assigned(&mut a);
+        let after = view::assigned_view(&Arc::new(a.clone()));
+        assert_eq!(AssignedView { object: Arc::clone(&before.object), ..after }, before);
+        let binding = a.spec.azure_binding_ref.as_deref().unwrap();
+        assert_eq!(crate::events::reference(binding).uid.as_deref(), Some("u2"), "events still name the binding");
+        assert!(binding.metadata.annotations.is_none() && binding.spec.selector.is_none());
+        let identity = a.spec.azure_identity_ref.as_deref().unwrap();
+        assert!(identity.metadata.annotations.is_none() && identity.spec.tenant_id.is_none());
+        assert_eq!(a.metadata.finalizers.as_ref().unwrap().len(), 1, "the object's own metadata is kept");
     }
 }
