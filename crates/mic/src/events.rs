@@ -43,13 +43,16 @@ impl EventType {
 
 const BURST: f64 = 25.0;
 const REFILL: Duration = Duration::from_secs(300);
+/// Objects whose buckets are remembered, as client-go's spam filter's LRU cache; without a
+/// bound, every pod ever seen would keep an entry for the life of the process.
+const MAX_TRACKED: usize = 4096;
 
 /// Writes Events; clone-cheap.
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     host: String,
-    buckets: Arc<Mutex<HashMap<String, (f64, Instant)>>>,
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
 }
 
 impl Recorder {
@@ -60,17 +63,8 @@ impl Recorder {
     /// Takes a token from the object's bucket; false means the event is dropped, as
     /// client-go's spam filter does.
     fn admit(&self, key: &str) -> bool {
-        let now = Instant::now();
         let Ok(mut buckets) = self.buckets.lock() else { return true };
-        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((BURST, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() / REFILL.as_secs_f64()).min(BURST);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        admit(&mut buckets, key, Instant::now())
     }
 
     /// Records an event on `object`.
@@ -112,6 +106,32 @@ impl Recorder {
     }
 }
 
+/// One object's token bucket: (tokens, last update).
+type Bucket = (f64, Instant);
+
+fn refilled((tokens, last): Bucket, now: Instant) -> f64 {
+    (tokens + now.duration_since(last).as_secs_f64() / REFILL.as_secs_f64()).min(BURST)
+}
+
+/// Takes a token from `key`'s bucket, then keeps the map within [`MAX_TRACKED`]: buckets that
+/// have refilled completely go first (a full bucket is the same as none), then the least
+/// recently used.
+fn admit(buckets: &mut HashMap<String, Bucket>, key: &str, now: Instant) -> bool {
+    let bucket = buckets.entry(key.to_owned()).or_insert((BURST, now));
+    let tokens = refilled(*bucket, now);
+    let admitted = tokens >= 1.0;
+    *bucket = (if admitted { tokens - 1.0 } else { tokens }, now);
+    if buckets.len() > MAX_TRACKED {
+        buckets.retain(|_, b| refilled(*b, now) < BURST);
+    }
+    while buckets.len() > MAX_TRACKED {
+        let Some(oldest) = buckets.iter().filter(|(k, _)| *k != key).min_by_key(|(_, (_, last))| *last) else { break };
+        let oldest = oldest.0.clone();
+        buckets.remove(&oldest);
+    }
+    admitted
+}
+
 /// A reference to any object we hold, for an event.
 pub fn reference<K: Resource<DynamicType = ()>>(object: &K) -> ObjectReference {
     ObjectReference {
@@ -134,5 +154,41 @@ pub fn pod_reference(name: &str, namespace: &str, uid: Option<&str>) -> ObjectRe
         namespace: Some(namespace.into()),
         uid: uid.filter(|u| !u.is_empty()).map(str::to_owned),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_25_then_one_per_refill_period() {
+        let mut buckets = HashMap::new();
+        let t0 = Instant::now();
+        assert!((0..25).all(|_| admit(&mut buckets, "b", t0)));
+        assert!(!admit(&mut buckets, "b", t0), "the 26th event of a burst is dropped");
+        assert!(!admit(&mut buckets, "b", t0 + REFILL / 2));
+        assert!(admit(&mut buckets, "b", t0 + REFILL + REFILL / 2), "a token has refilled");
+        assert!(admit(&mut buckets, "other", t0), "buckets are per object");
+    }
+
+    #[test]
+    fn the_map_stays_bounded() {
+        let mut buckets = HashMap::new();
+        let t0 = Instant::now();
+        for i in 0..2 * MAX_TRACKED {
+            admit(&mut buckets, &format!("pod-{i}"), t0 + Duration::from_millis(1 + i as u64));
+        }
+        assert_eq!(buckets.len(), MAX_TRACKED);
+        assert!(buckets.contains_key(&format!("pod-{}", 2 * MAX_TRACKED - 1)), "the newest is kept");
+        assert!(!buckets.contains_key("pod-0"), "the least recently used went first");
+
+        // Once everything has refilled, a new object drops all the full buckets at once.
+        let later = t0 + REFILL * 30;
+        for i in 0..=MAX_TRACKED {
+            buckets.insert(format!("old-{i}"), (BURST - 1.0, t0));
+        }
+        admit(&mut buckets, "new", later);
+        assert_eq!(buckets.len(), 1, "only the bucket just used is left: {}", buckets.len());
     }
 }
