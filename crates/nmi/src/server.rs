@@ -29,8 +29,10 @@ use crate::token::TokenJson;
 
 /// What NMI knows about its node, from watch caches. Reads are synchronous and cheap.
 pub trait NodeState: Send + Sync + 'static {
-    /// Every pod on this node.
-    fn pods(&self) -> Vec<PodView>;
+    /// The pods on this node whose `status.podIP` is `ip`, in any phase (a request's
+    /// candidates; filtering before building views keeps a request's cost flat in the number
+    /// of pods on the node).
+    fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodView>;
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView>;
     /// AzurePodIdentityExceptions of a namespace.
     fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException>;
@@ -249,7 +251,7 @@ fn caller_ipv4(peer: SocketAddr) -> Option<IpAddr> {
 async fn find_pod(state: &AppState, ip: IpAddr) -> Result<PodView, NmiError> {
     let mut attempt = 0;
     loop {
-        match select::match_pod(&state.node.pods(), ip) {
+        match select::match_pod(&state.node.pods_with_ip(ip), ip) {
             Ok(pod) => return Ok(pod),
             Err(text) => {
                 state.metrics.kubernetes_errors.with_label_values(&[metrics::GET_POD_LIST]).inc();

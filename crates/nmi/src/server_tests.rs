@@ -22,11 +22,11 @@ struct FakeNode {
 }
 
 impl NodeState for FakeNode {
-    fn pods(&self) -> Vec<PodView> {
-        self.pods.lock().unwrap().clone()
+    fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodView> {
+        self.pods.lock().unwrap().iter().filter(|p| p.ip == Some(ip)).cloned().collect()
     }
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
-        self.pods().into_iter().find(|p| p.namespace == namespace && p.name == name)
+        self.pods.lock().unwrap().iter().find(|p| p.namespace == namespace && p.name == name).cloned()
     }
     fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException> {
         let all = self.exceptions.lock().unwrap().clone();

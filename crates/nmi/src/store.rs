@@ -6,6 +6,7 @@
 //! The only module besides `run` that talks to kube. Decides nothing.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use aadpodid_api::names::NODENAME_LABEL;
@@ -154,8 +155,11 @@ fn binding_view(b: &AzureIdentityBinding) -> BindingView {
 }
 
 impl NodeState for KubeStore {
-    fn pods(&self) -> Vec<PodView> {
-        self.pods.state().iter().map(|p| pod_view(p)).collect()
+    fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodView> {
+        let has_ip = |p: &&Arc<Pod>| {
+            p.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|s| s.parse::<IpAddr>().ok()) == Some(ip)
+        };
+        self.pods.state().iter().filter(has_ip).map(|p| pod_view(p)).collect()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
@@ -267,5 +271,30 @@ mod tests {
         got.sort();
         assert_eq!(got, [aadpodid_api::AssignedIdentityState::Created, aadpodid_api::AssignedIdentityState::Assigned]);
         assert!(store.bindings("apps").is_empty(), "no binding watch in standard mode");
+    }
+
+    #[test]
+    fn a_requests_candidates_are_the_pods_with_its_ip_in_any_phase() {
+        let mut writer: Writer<Pod> = Writer::default();
+        let with = |name: &str, ip: &str, phase: &str| {
+            let mut pod = mk_pod();
+            pod.metadata.name = Some(name.into());
+            pod.status = Some(PodStatus { pod_ip: Some(ip.into()), phase: Some(phase.into()), ..Default::default() });
+            pod
+        };
+        for pod in [
+            with("a", "10.244.0.7", "Running"),
+            with("b", "10.244.0.8", "Running"),
+            with("c", "10.244.0.7", "Succeeded"),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(pod));
+        }
+        let (exceptions, _) = reflector::store();
+        let store =
+            KubeStore { pods: writer.as_reader(), exceptions, assigned: None, bindings: None, identities: None };
+        let mut names: Vec<_> = store.pods_with_ip("10.244.0.7".parse().unwrap()).into_iter().map(|p| p.name).collect();
+        names.sort();
+        assert_eq!(names, ["a", "c"]);
+        assert!(store.pods_with_ip("10.244.0.9".parse().unwrap()).is_empty());
     }
 }
