@@ -32,4 +32,6 @@ pub struct Config {
     pub ours: std::path::PathBuf,
     /// The original's binaries, or `None` to measure ours only.
     pub original: Option<std::path::PathBuf>,
+    /// MIC sizes to run by name (`small`, `medium`, `large`, `tiny`); empty runs all of `size`.
+    pub mic_sizes: Vec<String>,
 }

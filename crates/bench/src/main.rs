@@ -19,6 +19,9 @@ struct Args {
     /// Which benchmarks to run.
     #[arg(long, value_delimiter = ',', default_value = "nmi,mic")]
     only: Vec<Which>,
+    /// Only these MIC sizes (`small`, `medium`, `large`; `tiny` with `--size tiny`); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    mic_sizes: Vec<String>,
     /// Measure ours only (no Go build of the original).
     #[arg(long)]
     no_original: bool,
@@ -39,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let root = aadpodid_testkit::repo_root();
     let ours = original::build_ours(&root)?;
     let original = if args.no_original { None } else { Some(original::build_original(&root)?) };
-    let config = Config { size: args.size, runs: args.runs.max(1), ours, original };
+    let config = Config { size: args.size, runs: args.runs.max(1), ours, original, mic_sizes: args.mic_sizes };
 
     let mut sections = Vec::new();
     if args.only.contains(&Which::Nmi) {

@@ -71,7 +71,13 @@ struct Runs {
 /// Runs the MIC benchmark at every size of `config.size`: ours and, when built, the original.
 pub async fn run(config: &Config) -> anyhow::Result<Vec<Section>> {
     let mut sections = Vec::new();
-    for plan in plan::plans(config.size, config.runs) {
+    let plans = plan::plans(config.size, config.runs);
+    if let Some(unknown) = config.mic_sizes.iter().find(|n| !plans.iter().any(|p| p.name == n.as_str())) {
+        let known: Vec<&str> = plans.iter().map(|p| p.name).collect();
+        anyhow::bail!("no MIC size {unknown:?} at this --size; known: {}", known.join(", "));
+    }
+    let wanted = |p: &Plan| config.mic_sizes.is_empty() || config.mic_sizes.iter().any(|n| n == p.name);
+    for plan in plans.into_iter().filter(wanted) {
         eprintln!(
             "bench mic: {} size ({} pods, {} identities, {} nodes)",
             plan.name,

@@ -93,6 +93,9 @@ struct Phases {
     sat_cpu_ms_per_k: f64,
     /// Peak resident memory (VmHWM) at the end of the run, MiB.
     peak_rss_mib: f64,
+    /// Resident memory at the end of the run: anonymous (heap, stacks) and file-backed (code), MiB.
+    end_anon_mib: f64,
+    end_file_mib: f64,
     /// Resident memory once Active, before any request, MiB.
     idle_rss_mib: f64,
 }
@@ -222,7 +225,10 @@ async fn phases(env: &Env, sizes: &Sizes, pid: Option<u32>, tag: &str) -> anyhow
     let sat_requests = (p.sat_one.latencies_us.len() + p.sat_all.latencies_us.len()).max(1) as f64;
     p.fixed_cpu_s = cpu1 - cpu0;
     p.sat_cpu_ms_per_k = (cpu2 - cpu1) * 1000.0 / sat_requests * 1000.0;
-    p.peak_rss_mib = pid.and_then(procstat::read).map_or(f64::NAN, |u| u.peak_rss_mib());
+    let usage = pid.and_then(procstat::read);
+    p.peak_rss_mib = usage.map_or(f64::NAN, |u| u.peak_rss_mib());
+    p.end_anon_mib = usage.map_or(f64::NAN, |u| u.rss_anon_mib());
+    p.end_file_mib = usage.map_or(f64::NAN, |u| u.rss_file_mib());
     Ok(p)
 }
 
@@ -261,6 +267,15 @@ fn metrics(sizes: &Sizes) -> Vec<Metric> {
         value,
         phase,
         floor: true,
+    };
+    // Memory and CPU of the process under test: no floor (it runs inside this process).
+    let usage = |name: String, unit: &'static str, value: fn(&Phases) -> f64| Metric {
+        name,
+        unit,
+        better: Better::Lower,
+        value,
+        phase: |p| &p.sat_all,
+        floor: false,
     };
     vec![
         lat("cold p50 (1 identity, new resource each)".into(), |p| p.cold.latencies().percentile_ms(0.5), |p| &p.cold),
@@ -301,38 +316,18 @@ fn metrics(sizes: &Sizes) -> Vec<Metric> {
             |p| p.sat_all.latencies().percentile_ms(0.99),
             |p| &p.sat_all,
         ),
+        usage(format!("peak resident memory ({} pods on the node)", sizes.pods), "MiB", |p| p.peak_rss_mib),
+        usage("of it at the end: anonymous (heap, stacks)".into(), "MiB", |p| p.end_anon_mib),
+        usage("of it at the end: file-backed (the binary's code, shared, clean)".into(), "MiB", |p| p.end_file_mib),
         Metric {
-            name: format!("peak resident memory ({} pods on the node)", sizes.pods),
-            unit: "MiB",
-            better: Better::Lower,
-            value: |p| p.peak_rss_mib,
-            phase: |p| &p.sat_all,
-            floor: false,
-        },
-        Metric {
-            name: "resident memory once Active, before any request".into(),
-            unit: "MiB",
-            better: Better::Lower,
-            value: |p| p.idle_rss_mib,
             phase: |p| &p.cold,
-            floor: false,
+            ..usage("resident memory once Active, before any request".into(), "MiB", |p| p.idle_rss_mib)
         },
         Metric {
-            name: "CPU time, the three fixed-rate phases".into(),
-            unit: "s",
-            better: Better::Lower,
-            value: |p| p.fixed_cpu_s,
             phase: |p| &p.high_all,
-            floor: false,
+            ..usage("CPU time, the three fixed-rate phases".into(), "s", |p| p.fixed_cpu_s)
         },
-        Metric {
-            name: "CPU time per 1000 requests at saturation".into(),
-            unit: "ms",
-            better: Better::Lower,
-            value: |p| p.sat_cpu_ms_per_k,
-            phase: |p| &p.sat_all,
-            floor: false,
-        },
+        usage("CPU time per 1000 requests at saturation".into(), "ms", |p| p.sat_cpu_ms_per_k),
     ]
 }
 
@@ -412,10 +407,14 @@ fn fmt2(v: Option<f64>) -> String {
 fn why_missed(name: &str, results: &Results, sizes: &Sizes) -> String {
     if name.starts_with("peak resident memory") {
         let (idle, peak) = (med(&results.ours, |p| p.idle_rss_mib), med(&results.ours, |p| p.peak_rss_mib));
+        let (anon, file) = (med(&results.ours, |p| p.end_anon_mib), med(&results.ours, |p| p.end_file_mib));
         format!(
-            "missed: {} MiB resident already once Active, before any request; the load added {} MiB",
+            "missed: {} MiB resident already once Active, before any request; the load added {} MiB. At the end \
+             {} MiB was the binary's code mapped from the page cache and {} MiB heap and stacks",
             fmt2(idle),
-            fmt2(peak.zip(idle).map(|(p, i)| p - i))
+            fmt2(peak.zip(idle).map(|(p, i)| p - i)),
+            fmt2(file),
+            fmt2(anon)
         )
     } else if name.starts_with("warm p99") {
         let p50: fn(&Phases) -> f64 = if name.contains(&format!(" @ {} ", sizes.rates[0])) {
@@ -522,6 +521,8 @@ mod tests {
             high: Outcome { latencies_us: vec![high_us], ..Outcome::default() },
             idle_rss_mib: 12.0,
             peak_rss_mib: 15.5,
+            end_anon_mib: 4.0,
+            end_file_mib: 11.0,
             ..Phases::default()
         };
         let results = Results {
@@ -536,6 +537,7 @@ mod tests {
         assert!(why("warm p99 @ 100 req/s (1 identity)").contains("ours 3.00 ms"));
         assert!(why("peak resident memory (10 pods on the node)").contains("12.00 MiB resident already"));
         assert!(why("peak resident memory (10 pods on the node)").contains("added 3.50 MiB"));
+        assert!(why("peak resident memory (10 pods on the node)").contains("11.00 MiB was the binary's code"));
     }
 
     #[test]

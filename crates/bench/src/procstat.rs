@@ -13,6 +13,11 @@ pub struct Usage {
     pub peak_rss: u64,
     /// Current resident set size (`VmRSS`), bytes.
     pub rss: u64,
+    /// Of `rss`, anonymous memory (`RssAnon`: heap, stacks), bytes.
+    pub rss_anon: u64,
+    /// Of `rss`, pages mapped from files (`RssFile`: mostly the binary's own code, shared and
+    /// clean, read from the page cache), bytes.
+    pub rss_file: u64,
     /// User + system CPU time so far.
     pub cpu: Duration,
 }
@@ -20,8 +25,22 @@ pub struct Usage {
 impl Usage {
     /// Peak resident memory in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        self.peak_rss as f64 / (1024.0 * 1024.0)
+        mib(self.peak_rss)
     }
+
+    /// Current anonymous resident memory in MiB.
+    pub fn rss_anon_mib(&self) -> f64 {
+        mib(self.rss_anon)
+    }
+
+    /// Current file-backed resident memory in MiB.
+    pub fn rss_file_mib(&self) -> f64 {
+        mib(self.rss_file)
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Reads `pid`'s usage; `None` when it has exited.
@@ -31,6 +50,8 @@ pub fn read(pid: u32) -> Option<Usage> {
     Some(Usage {
         peak_rss: status_kib(&status, "VmHWM:")? * KIB,
         rss: status_kib(&status, "VmRSS:")? * KIB,
+        rss_anon: status_kib(&status, "RssAnon:")? * KIB,
+        rss_file: status_kib(&status, "RssFile:")? * KIB,
         cpu: cpu_time(&stat)?,
     })
 }
@@ -62,6 +83,7 @@ mod tests {
     fn reads_own_usage() {
         let usage = read(std::process::id()).expect("own /proc entry");
         assert!(usage.peak_rss >= usage.rss && usage.rss > 0, "{usage:?}");
+        assert!(usage.rss_anon > 0 && usage.rss_file > 0 && usage.rss_anon + usage.rss_file <= usage.rss, "{usage:?}");
     }
 
     #[test]
