@@ -250,10 +250,9 @@ async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &Pod
 
 /// Writes creates (POST) and updates (PUT) with status `Created`; returns the ones written.
 async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Outcome) -> Vec<Pending> {
-    let batch = ctx.batch.max(1);
     let creates = t.creates.iter().map(|d| create_one(ctx, d, started).boxed());
     let updates = t.updates.iter().map(|u| update_one(ctx, u, started).boxed());
-    let mut results = buffered(creates.chain(updates), batch);
+    let mut results = buffered(creates.chain(updates), ctx.batch);
     let mut written = Vec::new();
     while let Some((p, res)) = results.next().await {
         out.api_writes += 1;
@@ -362,14 +361,13 @@ async fn finish(
 ) {
     let assigns = pending.into_iter().map(|p| assign_one(ctx, p, on_node).boxed());
     let dels = deletes.iter().map(|r| remove_one(ctx, r, on_node).boxed());
-    let batch = ctx.batch;
     let merged = |mut acc: Outcome, o: Outcome| async move {
         acc.merge(o);
         acc
     };
     let (a, d) = futures::join!(
-        buffered(assigns, batch).fold(Outcome::default(), merged),
-        buffered(dels, batch).fold(Outcome::default(), merged)
+        buffered(assigns, ctx.batch).fold(Outcome::default(), merged),
+        buffered(dels, ctx.batch).fold(Outcome::default(), merged)
     );
     out.merge(a);
     out.merge(d);

@@ -122,12 +122,7 @@ fn upsert(pods: &mut PodMap, pod: &Pod) {
 /// Keeps only a node's name and provider ID.
 pub fn strip_node(node: &mut Node) {
     let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.clone());
-    node.metadata = kube::api::ObjectMeta {
-        name: node.metadata.name.take(),
-        resource_version: node.metadata.resource_version.take(),
-        uid: node.metadata.uid.take(),
-        ..Default::default()
-    };
+    keep_names_only(&mut node.metadata);
     node.spec = Some(NodeSpec { provider_id, ..Default::default() });
     node.status = None;
 }
@@ -139,7 +134,7 @@ pub fn strip_node(node: &mut Node) {
 pub fn strip_assigned(a: &mut AzureAssignedIdentity) {
     a.metadata.managed_fields = None;
     if let Some(id) = a.spec.azure_identity_ref.as_deref_mut() {
-        strip_embedded(&mut id.metadata);
+        keep_names_only(&mut id.metadata);
         let spec = std::mem::take(&mut id.spec);
         id.spec = AzureIdentitySpec {
             type_: spec.type_,
@@ -150,14 +145,15 @@ pub fn strip_assigned(a: &mut AzureAssignedIdentity) {
         id.status = None;
     }
     if let Some(b) = a.spec.azure_binding_ref.as_deref_mut() {
-        strip_embedded(&mut b.metadata);
+        keep_names_only(&mut b.metadata);
         b.spec = Default::default();
         b.status = None;
     }
 }
 
-/// An embedded copy's identity: what events and the decision's `match` read.
-fn strip_embedded(meta: &mut ObjectMeta) {
+/// What names an object: what events and the decision's `match` read of embedded copies and
+/// nodes.
+fn keep_names_only(meta: &mut ObjectMeta) {
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),

@@ -120,12 +120,17 @@ pub fn pod_view(pod: &Pod) -> PodView {
     PodView {
         namespace: pod.namespace().unwrap_or_default(),
         name: pod.name_any(),
-        ip: status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()),
+        ip: pod_ip(pod),
         phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
         labels: pod.labels().clone(),
         replicaset: pod.owner_references().iter().find(|o| o.kind == "ReplicaSet").map(|o| o.name.clone()),
         host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
     }
+}
+
+/// `status.podIP`, when it is an address.
+fn pod_ip(pod: &Pod) -> Option<IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
 
 /// An AzureIdentity as NMI uses it.
@@ -156,10 +161,7 @@ fn binding_view(b: &AzureIdentityBinding) -> BindingView {
 
 impl NodeState for KubeStore {
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodView> {
-        let has_ip = |p: &&Arc<Pod>| {
-            p.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|s| s.parse::<IpAddr>().ok()) == Some(ip)
-        };
-        self.pods.state().iter().filter(has_ip).map(|p| pod_view(p)).collect()
+        self.pods.state().iter().filter(|p| pod_ip(p) == Some(ip)).map(|p| pod_view(p)).collect()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
