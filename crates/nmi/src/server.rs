@@ -29,9 +29,9 @@ use crate::token::TokenJson;
 
 /// What NMI knows about its node, from watch caches. Reads are synchronous and cheap.
 pub trait NodeState: Send + Sync + 'static {
-    /// The pods on this node whose `status.podIP` is `ip`, in any phase (a request's
-    /// candidates; filtering before building views keeps a request's cost flat in the number
-    /// of pods on the node).
+    /// The pods on this node with `ip` in `status.podIP` or `status.podIPs`, in any phase (a
+    /// request's candidates; filtering before building views keeps a request's cost flat in
+    /// the number of pods on the node).
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodView>;
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView>;
     /// AzurePodIdentityExceptions of a namespace.
