@@ -36,6 +36,11 @@ pub struct Args {
     /// Namespace of MIC pods, which get node tokens directly.
     #[arg(long = "MICNamespace", default_value = "default")]
     pub mic_namespace: String,
+    /// Service account MIC runs as: a pod in `--MICNamespace` gets node tokens directly only
+    /// with this account (and a ReplicaSet named `mic…`). Empty turns that short-cut off.
+    #[arg(long = "mic-service-account", default_value = crate::select::DEFAULT_MIC_SERVICE_ACCOUNT,
+        value_parser = mic_service_account)]
+    pub mic_service_account: String,
     /// Port of `/healthz`.
     #[arg(long = "http-probe-port", default_value_t = 8080)]
     pub http_probe_port: u16,
@@ -104,6 +109,16 @@ pub struct Args {
     pub klog: aadpodid_runtime::goflags::KlogArgs,
 }
 
+/// Refuses `default`: every pod of a namespace may run as it, so it would not tell MIC apart.
+fn mic_service_account(value: &str) -> Result<String, String> {
+    if value == "default" {
+        return Err("every pod may run as `default`; give MIC its own service account, or except it with an \
+                    AzurePodIdentityException"
+            .to_owned());
+    }
+    Ok(value.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +143,18 @@ mod tests {
         assert_eq!(a.operation_mode, "standard");
         assert_eq!(a.kubelet_config, PathBuf::from("/etc/default/kubelet"));
         assert_eq!(a.termination_wait_sec, 10);
+        assert_eq!(a.mic_service_account, "aad-pod-id-mic-service-account");
+    }
+
+    #[test]
+    fn the_mic_service_account_may_be_empty_but_not_default() {
+        assert_eq!(parse(&["nmi", "--mic-service-account="]).mic_service_account, "");
+        assert_eq!(
+            parse(&["nmi", "--mic-service-account=aad-pod-identity-mic"]).mic_service_account,
+            "aad-pod-identity-mic"
+        );
+        let err = Args::try_parse_from(["nmi", "--mic-service-account=default"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

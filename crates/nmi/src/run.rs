@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::args::Args;
 use crate::iptables::{self, Rules};
 use crate::metrics::Metrics;
-use crate::select::RetryPolicy;
+use crate::select::{MicIdentity, RetryPolicy};
 use crate::server::{self, AppState, Config, Mode};
 use crate::store::{KubeSecrets, KubeStore};
 use crate::tokens::AzureTokens;
@@ -96,7 +96,7 @@ fn config(args: &Args, mode: Mode) -> Config {
     Config {
         mode,
         force_namespaced: args.force_namespaced,
-        mic_namespace: args.mic_namespace.clone(),
+        mic: MicIdentity::from_flags(mode == Mode::Standard, &args.mic_namespace, &args.mic_service_account),
         retry: RetryPolicy {
             created: args.retry_attempts_for_created,
             assigned: args.retry_attempts_for_assigned,

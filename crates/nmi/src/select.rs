@@ -1,6 +1,6 @@
 //! Which pod is calling and which identity it gets: the original's standard-mode retry rules
 //! (as a pure step function, so the async loop only sleeps), its final pick, managed mode,
-//! and the exception/MIC bypass (upstream §3.6, §3.6b, §3.7).
+//! and the exception/MIC bypass.
 //!
 //! Pure: no kube, no clock, no I/O. Never hands out an identity that is not the pod's own.
 
@@ -19,12 +19,36 @@ use crate::query::IdentityRequest;
 pub struct PodView {
     pub namespace: String,
     pub name: String,
+    /// `status.podIP`.
     pub ip: Option<IpAddr>,
+    /// `status.podIPs`: one address per family on dual-stack nodes, usually including `ip`.
+    pub ips: Vec<IpAddr>,
     pub phase: String,
+    /// `metadata.deletionTimestamp` is set: the pod is going away and its IP may already be
+    /// another pod's.
+    pub terminating: bool,
     pub labels: BTreeMap<String, String>,
-    /// Name of the owning ReplicaSet, if any (for the MIC short-circuit).
+    /// Name of the owning ReplicaSet, if any (for the MIC short-cut).
     pub replicaset: Option<String>,
+    /// `spec.serviceAccountName`, empty when unset (for the MIC short-cut).
+    pub service_account: String,
     pub host_network: bool,
+}
+
+impl PodView {
+    /// Whether `ip` is one of the pod's addresses; an IPv4-mapped IPv6 address counts as the
+    /// IPv4 address it carries, on either side.
+    pub fn has_ip(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.ip.iter().chain(&self.ips).any(|own| own.to_canonical() == ip)
+    }
+
+    /// Whether the pod can be the one sending from its IP: Pending or Running, not being
+    /// deleted, and not on the host network (whose IP is the node's, shared by every host
+    /// process).
+    fn may_own_ip(&self) -> bool {
+        !self.terminating && !self.host_network && (self.phase == "Pending" || self.phase == "Running")
+    }
 }
 
 /// An AzureIdentity as NMI uses it: where it lives, and its spec.
@@ -88,22 +112,64 @@ impl Default for RetryPolicy {
 
 // === Pod lookup ===
 
-/// The single Pending or Running pod with this IP; the texts become 500 bodies.
+/// The pod sending from `ip`; the texts become 500 bodies, which clients retry.
+///
+/// Only a pod that may own the IP counts ([`PodView::may_own_ip`]): a pod being deleted or
+/// finished keeps its IP in `status` after the network gave it to a new pod, so matching it
+/// would hand the new pod the old one's identity. Two candidates are never guessed between:
+/// the caller waits (retries) until the watch shows which one has gone.
 pub fn match_pod(pods: &[PodView], ip: IpAddr) -> Result<PodView, String> {
-    let mut found = pods.iter().filter(|p| p.ip == Some(ip) && (p.phase == "Pending" || p.phase == "Running"));
+    let ip = ip.to_canonical();
+    let holders = || pods.iter().filter(move |p| p.has_ip(ip) && !p.host_network);
+    let mut found = holders().filter(|p| p.may_own_ip());
     match (found.next(), found.next()) {
         (Some(pod), None) => Ok(pod.clone()),
-        (None, _) => Err("pod list is empty".to_owned()),
         (Some(_), Some(_)) => Err(format!("found more than one pod with ip {ip}, expected exactly one")),
+        (None, _) if holders().next().is_some() => {
+            Err(format!("pod list is empty: the pods with ip {ip} are being deleted or have finished"))
+        }
+        (None, _) => Err("pod list is empty".to_owned()),
+    }
+}
+
+/// The service account of MIC in the original's plain manifests; the chart passes its own.
+pub const DEFAULT_MIC_SERVICE_ACCOUNT: &str = "aad-pod-id-mic-service-account";
+
+/// MIC as NMI recognises it for the short-cut (a token from the node's own IMDS identity).
+///
+/// Names and labels are chosen by whoever creates a workload, so they prove nothing: the pod
+/// must also run as MIC's service account in MIC's namespace. Anyone who can start such a
+/// pod can already act as MIC towards the API server; nobody else can pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MicIdentity {
+    /// `--MICNamespace`, compared ignoring case as the original.
+    pub namespace: String,
+    /// `--mic-service-account`.
+    pub service_account: String,
+}
+
+impl MicIdentity {
+    /// `None` (no short-cut) in managed mode, where no MIC runs, or when the service account
+    /// is empty: every pod of a namespace may run as its `default` account, so an empty or
+    /// shared account could not tell MIC apart.
+    pub fn from_flags(standard_mode: bool, namespace: &str, service_account: &str) -> Option<Self> {
+        let usable = standard_mode && !service_account.is_empty() && service_account != "default";
+        usable.then(|| Self { namespace: namespace.to_owned(), service_account: service_account.to_owned() })
+    }
+
+    /// MIC's namespace and service account, and an owning ReplicaSet named `mic…` as the
+    /// original requires (the chart's MIC does not match that name and is excepted instead).
+    pub fn matches(&self, pod: &PodView) -> bool {
+        pod.namespace.eq_ignore_ascii_case(&self.namespace)
+            && pod.service_account == self.service_account
+            && pod.replicaset.as_deref().is_some_and(|rs| rs.starts_with("mic"))
     }
 }
 
 /// True when NMI fetches the token itself from IMDS: the pod matches an exception of its
-/// namespace, or looks like MIC (namespace `--MICNamespace`, ReplicaSet name starting `mic`).
-pub fn is_bypassed(pod: &PodView, exceptions: &[AzurePodIdentityException], mic_namespace: &str) -> bool {
-    let is_mic = pod.namespace.eq_ignore_ascii_case(mic_namespace)
-        && pod.replicaset.as_deref().is_some_and(|rs| rs.starts_with("mic"));
-    is_mic || exceptions.iter().any(|e| e.matches(&pod.labels))
+/// namespace, or is MIC (`mic` is `None` when the short-cut is off).
+pub fn is_bypassed(pod: &PodView, exceptions: &[AzurePodIdentityException], mic: Option<&MicIdentity>) -> bool {
+    mic.is_some_and(|mic| mic.matches(pod)) || exceptions.iter().any(|e| e.matches(&pod.labels))
 }
 
 // === Standard mode ===

@@ -156,11 +156,79 @@ fn mk_pod(ip: &str, phase: &str) -> PodView {
 fn pod_lookup_needs_exactly_one_live_pod() {
     let ip: IpAddr = "10.244.0.5".parse().unwrap();
     assert_eq!(match_pod(&[], ip).unwrap_err(), "pod list is empty");
-    assert_eq!(match_pod(&[mk_pod("10.244.0.5", "Succeeded")], ip).unwrap_err(), "pod list is empty");
     let one = [mk_pod("10.244.0.5", "Running"), mk_pod("10.244.0.6", "Running"), mk_pod("10.244.0.5", "Failed")];
     assert_eq!(match_pod(&one, ip).unwrap().name, "p-10.244.0.5-Running");
     let two = [mk_pod("10.244.0.5", "Running"), mk_pod("10.244.0.5", "Pending")];
     assert!(match_pod(&two, ip).unwrap_err().contains("more than one"));
+}
+
+fn terminating(mut pod: PodView) -> PodView {
+    pod.terminating = true;
+    pod
+}
+
+#[rstest]
+#[case::succeeded(mk_pod("10.244.0.5", "Succeeded"))]
+#[case::failed(mk_pod("10.244.0.5", "Failed"))]
+#[case::unknown_phase(mk_pod("10.244.0.5", "Unknown"))]
+#[case::running_but_deleted(terminating(mk_pod("10.244.0.5", "Running")))]
+#[case::pending_but_deleted(terminating(mk_pod("10.244.0.5", "Pending")))]
+fn a_pod_being_deleted_or_finished_never_answers_for_its_ip(#[case] old: PodView) {
+    let ip: IpAddr = "10.244.0.5".parse().unwrap();
+    let err = match_pod(std::slice::from_ref(&old), ip).unwrap_err();
+    assert!(err.starts_with("pod list is empty"), "{err}");
+    assert!(!err.contains(&old.name), "the old pod is not named to the caller: {err}");
+    let mut new = mk_pod("10.244.0.5", "Running");
+    new.name = "new".into();
+    assert_eq!(match_pod(&[old.clone(), new.clone()], ip).unwrap().name, "new", "the new pod with the IP");
+    assert_eq!(match_pod(&[new, old], ip).unwrap().name, "new", "in either cache order");
+}
+
+#[test]
+fn two_live_pods_with_one_ip_get_no_guess() {
+    // The old pod's deletion has not reached the cache yet: neither may be served.
+    let ip: IpAddr = "10.244.0.5".parse().unwrap();
+    let (mut old, mut new) = (mk_pod("10.244.0.5", "Running"), mk_pod("10.244.0.5", "Running"));
+    (old.name, new.name) = ("old".into(), "new".into());
+    let err = match_pod(&[old, new], ip).unwrap_err();
+    assert_eq!(err, "found more than one pod with ip 10.244.0.5, expected exactly one");
+}
+
+#[test]
+fn host_network_pods_never_match_by_ip() {
+    let ip: IpAddr = "10.0.0.4".parse().unwrap();
+    let mut host = mk_pod("10.0.0.4", "Running");
+    host.host_network = true;
+    assert_eq!(match_pod(std::slice::from_ref(&host), ip).unwrap_err(), "pod list is empty");
+    let pods = [host.clone(), host];
+    assert_eq!(match_pod(&pods, ip).unwrap_err(), "pod list is empty", "several on the node IP: still none");
+}
+
+fn dual_stack(ips: &[&str]) -> PodView {
+    let ips: Vec<IpAddr> = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+    PodView { ip: ips.first().copied(), ips, ..mk_pod("", "Running") }
+}
+
+#[rstest]
+#[case::v4_primary_by_v4(&["10.244.0.5", "fd00::5"], "10.244.0.5")]
+#[case::v4_primary_by_v6(&["10.244.0.5", "fd00::5"], "fd00::5")]
+#[case::v6_primary_by_v4(&["fd00::5", "10.244.0.5"], "10.244.0.5")]
+#[case::v6_primary_by_v6(&["fd00::5", "10.244.0.5"], "fd00::5")]
+#[case::v4_mapped_caller(&["10.244.0.5"], "::ffff:10.244.0.5")]
+#[case::v4_mapped_caller_v6_primary(&["fd00::5", "10.244.0.5"], "::ffff:10.244.0.5")]
+fn dual_stack_pods_are_found_by_any_of_their_ips(#[case] ips: &[&str], #[case] caller: &str) {
+    let pods = [dual_stack(ips), mk_pod("10.244.0.6", "Running")];
+    assert_eq!(match_pod(&pods, caller.parse().unwrap()).unwrap().ips, dual_stack(ips).ips);
+}
+
+#[test]
+fn pod_ips_alone_are_enough_and_other_addresses_do_not_match() {
+    let mut pod = dual_stack(&["fd00::5", "10.244.0.5"]);
+    pod.ip = None;
+    assert!(pod.has_ip("10.244.0.5".parse().unwrap()));
+    for other in ["10.244.0.50", "fd00::50", "::ffff:10.244.0.50", "::10.244.0.5"] {
+        assert!(!pod.has_ip(other.parse().unwrap()), "{other}");
+    }
 }
 
 fn mk_exception(labels: &[(&str, &str)]) -> AzurePodIdentityException {
@@ -169,16 +237,56 @@ fn mk_exception(labels: &[(&str, &str)]) -> AzurePodIdentityException {
 }
 
 #[test]
-fn exceptions_and_mic_pods_bypass_selection() {
+fn exceptions_bypass_selection() {
     let mut pod = mk_pod("10.244.0.5", "Running");
     pod.labels.insert("app".into(), "MIC".into());
-    assert!(is_bypassed(&pod, &[mk_exception(&[("app", "mic")])], "default"));
-    assert!(!is_bypassed(&pod, &[mk_exception(&[("app", "other")])], "default"));
-    pod.replicaset = Some("mic-7f9".into());
-    assert!(!is_bypassed(&pod, &[], "default"), "MIC namespace differs");
-    assert!(is_bypassed(&pod, &[], "APPS"), "namespace compared ignoring case");
-    pod.replicaset = Some("release-mic-7f9".into());
-    assert!(!is_bypassed(&pod, &[], "apps"));
+    assert!(is_bypassed(&pod, &[mk_exception(&[("app", "mic")])], None));
+    assert!(!is_bypassed(&pod, &[mk_exception(&[("app", "other")])], None));
+}
+
+const MIC_SA: &str = "aad-pod-id-mic-service-account";
+
+fn mic_pod(namespace: &str, replicaset: &str, service_account: &str) -> PodView {
+    PodView {
+        namespace: namespace.into(),
+        replicaset: Some(replicaset.into()),
+        service_account: service_account.into(),
+        ..mk_pod("10.244.0.9", "Running")
+    }
+}
+
+#[test]
+fn mic_is_its_namespace_service_account_and_replicaset() {
+    let mic = MicIdentity::from_flags(true, "default", MIC_SA).unwrap();
+    assert!(is_bypassed(&mic_pod("default", "mic-7f9", MIC_SA), &[], Some(&mic)));
+    assert!(is_bypassed(&mic_pod("Default", "mic-7f9", MIC_SA), &[], Some(&mic)), "namespace ignoring case");
+    assert!(!is_bypassed(&mic_pod("apps", "mic-7f9", MIC_SA), &[], Some(&mic)), "another namespace");
+    assert!(!is_bypassed(&mic_pod("default", "release-mic-7f9", MIC_SA), &[], Some(&mic)), "not a mic… ReplicaSet");
+    let mut orphan = mic_pod("default", "mic-7f9", MIC_SA);
+    orphan.replicaset = None;
+    assert!(!is_bypassed(&orphan, &[], Some(&mic)), "no ReplicaSet");
+}
+
+#[rstest]
+#[case::no_service_account("")]
+#[case::the_namespace_default("default")]
+#[case::another_account("microservice")]
+#[case::case_differs("AAD-POD-ID-MIC-SERVICE-ACCOUNT")]
+fn a_look_alike_mic_with_another_service_account_is_not_mic(#[case] service_account: &str) {
+    let mic = MicIdentity::from_flags(true, "default", MIC_SA).unwrap();
+    for rs in ["mic-7f9", "microservice-7f9", "mic"] {
+        assert!(!is_bypassed(&mic_pod("default", rs, service_account), &[], Some(&mic)), "{rs} {service_account}");
+    }
+}
+
+#[rstest]
+#[case::managed_mode(false, MIC_SA)]
+#[case::empty_service_account(true, "")]
+#[case::shared_default_account(true, "default")]
+fn the_mic_short_cut_can_be_off(#[case] standard: bool, #[case] service_account: &str) {
+    assert_eq!(MicIdentity::from_flags(standard, "default", service_account), None);
+    let pod = mic_pod("default", "mic-7f9", service_account);
+    assert!(!is_bypassed(&pod, &[], MicIdentity::from_flags(standard, "default", service_account).as_ref()));
 }
 
 fn mk_binding(ns: &str, selector: &str, identity: &str) -> BindingView {

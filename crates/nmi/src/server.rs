@@ -22,16 +22,16 @@ use http::{HeaderValue, StatusCode, header};
 use crate::errors::NmiError;
 use crate::metrics::{self, Metrics};
 use crate::query::{self, IdentityRequest, Route, TokenQuery};
-use crate::select::{self, AssignedView, BindingView, IdentityView, PodView, RetryPolicy, Step};
+use crate::select::{self, AssignedView, BindingView, IdentityView, MicIdentity, PodView, RetryPolicy, Step};
 use crate::token::TokenJson;
 
 // === Injected effects ===
 
 /// What NMI knows about its node, from watch caches. Reads are synchronous and cheap.
 pub trait NodeState: Send + Sync + 'static {
-    /// The pods on this node whose `status.podIP` is `ip`, in any phase (a request's
-    /// candidates; filtering before building views keeps a request's cost flat in the number
-    /// of pods on the node).
+    /// The pods on this node with `ip` in `status.podIP` or `status.podIPs`, in any phase (a
+    /// request's candidates; filtering before building views keeps a request's cost flat in
+    /// the number of pods on the node).
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodView>;
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView>;
     /// AzurePodIdentityExceptions of a namespace.
@@ -85,7 +85,8 @@ pub enum Mode {
 pub struct Config {
     pub mode: Mode,
     pub force_namespaced: bool,
-    pub mic_namespace: String,
+    /// Who MIC is, for the short-cut to the node's token; `None` turns it off.
+    pub mic: Option<MicIdentity>,
     pub retry: RetryPolicy,
     pub retry_interval: Duration,
     pub metadata_header_required: bool,
@@ -105,7 +106,7 @@ impl Default for Config {
         Self {
             mode: Mode::Standard,
             force_namespaced: false,
-            mic_namespace: "default".into(),
+            mic: MicIdentity::from_flags(true, "default", select::DEFAULT_MIC_SERVICE_ACCOUNT),
             retry: RetryPolicy::default(),
             retry_interval: Duration::from_secs(5),
             metadata_header_required: true,
@@ -219,7 +220,7 @@ async fn token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<Strin
 
 async fn token_for_pod(state: &AppState, pod: &PodView, q: &TokenQuery) -> Result<Response, NmiError> {
     let exceptions = state.node.exceptions(&pod.namespace);
-    if select::is_bypassed(pod, &exceptions, &state.config.mic_namespace) {
+    if select::is_bypassed(pod, &exceptions, state.config.mic.as_ref()) {
         let client_id = q.identity.client_id.as_deref();
         let token = state.tokens.node_token(client_id, &q.resource).await.map_err(|e| match e {
             TokenFailure::Refused(m) | TokenFailure::Unavailable(m) => NmiError::BypassFailed(m),

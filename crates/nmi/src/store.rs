@@ -1,4 +1,4 @@
-//! What NMI watches (upstream §3.2): pods of this node (field selector `spec.nodeName`),
+//! What NMI watches: pods of this node (field selector `spec.nodeName`),
 //! AzureAssignedIdentities (label `nodename=<node>` with scale features) in standard mode,
 //! bindings and identities in managed mode, exceptions always; plus Secret reads for service
 //! principals. Turns the caches into the plain views `server` and `select` work on.
@@ -35,7 +35,8 @@ pub struct KubeStore {
     identities: Option<Store<AzureIdentity>>,
 }
 
-/// Keeps only what NMI reads of a pod: name, namespace, labels, owner, IP, phase, hostNetwork.
+/// Keeps only what NMI reads of a pod: name, namespace, labels, owner, deletion timestamp,
+/// service account, IPs, phase, hostNetwork.
 pub fn strip_pod(pod: &mut Pod) {
     let spec = pod.spec.take().unwrap_or_default();
     let status = pod.status.take().unwrap_or_default();
@@ -43,8 +44,14 @@ pub fn strip_pod(pod: &mut Pod) {
     meta.annotations = None;
     meta.managed_fields = None;
     meta.finalizers = None;
-    pod.spec = Some(PodSpec { node_name: spec.node_name, host_network: spec.host_network, ..Default::default() });
-    pod.status = Some(PodStatus { pod_ip: status.pod_ip, phase: status.phase, ..Default::default() });
+    pod.spec = Some(PodSpec {
+        node_name: spec.node_name,
+        host_network: spec.host_network,
+        service_account_name: spec.service_account_name,
+        ..Default::default()
+    });
+    pod.status =
+        Some(PodStatus { pod_ip: status.pod_ip, pod_ips: status.pod_ips, phase: status.phase, ..Default::default() });
 }
 
 fn strip_meta<K: Resource>(obj: &mut K) {
@@ -116,21 +123,38 @@ impl KubeStore {
 
 /// A pod as NMI sees it.
 pub fn pod_view(pod: &Pod) -> PodView {
-    let status = pod.status.as_ref();
+    let (spec, status) = (pod.spec.as_ref(), pod.status.as_ref());
     PodView {
         namespace: pod.namespace().unwrap_or_default(),
         name: pod.name_any(),
-        ip: pod_ip(pod),
+        ip: status.and_then(|s| parse_ip(s.pod_ip.as_deref())),
+        ips: status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| parse_ip(Some(&i.ip)))
+            .collect(),
         phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
         labels: pod.labels().clone(),
         replicaset: pod.owner_references().iter().find(|o| o.kind == "ReplicaSet").map(|o| o.name.clone()),
-        host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
+        service_account: spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
     }
 }
 
-/// `status.podIP`, when it is an address.
-fn pod_ip(pod: &Pod) -> Option<IpAddr> {
-    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+/// Whether `ip` is in `status.podIP` or `status.podIPs` (read without building a view, so a
+/// request's cost stays flat in the number of pods on the node).
+fn has_ip(pod: &Pod, ip: IpAddr) -> bool {
+    let Some(status) = pod.status.as_ref() else { return false };
+    let ip = ip.to_canonical();
+    let listed = status.pod_ips.iter().flatten().map(|i| Some(i.ip.as_str()));
+    std::iter::once(status.pod_ip.as_deref()).chain(listed).any(|s| parse_ip(s).is_some_and(|own| own == ip))
+}
+
+/// An address of the pod's status; IPv4-mapped IPv6 addresses as the IPv4 address they carry.
+fn parse_ip(text: Option<&str>) -> Option<IpAddr> {
+    text?.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// An AzureIdentity as NMI uses it.
@@ -161,7 +185,7 @@ fn binding_view(b: &AzureIdentityBinding) -> BindingView {
 
 impl NodeState for KubeStore {
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodView> {
-        self.pods.state().iter().filter(|p| pod_ip(p) == Some(ip)).map(|p| pod_view(p)).collect()
+        self.pods.state().iter().filter(|p| has_ip(p, ip)).map(|p| pod_view(p)).collect()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
@@ -214,7 +238,8 @@ impl SecretReader for KubeSecrets {
 mod tests {
     use super::*;
     use aadpodid_api::{AzureAssignedIdentitySpec, AzureAssignedIdentityStatus, AzureIdentitySpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use k8s_openapi::api::core::v1::PodIP;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
     use kube::runtime::reflector::store::Writer;
 
     fn mk_pod() -> Pod {
@@ -225,10 +250,26 @@ mod tests {
         pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(100))].into());
         pod.metadata.owner_references =
             Some(vec![OwnerReference { kind: "ReplicaSet".into(), name: "mic-123".into(), ..Default::default() }]);
-        pod.spec = Some(PodSpec { node_name: Some("n1".into()), host_network: Some(true), ..Default::default() });
-        pod.status =
-            Some(PodStatus { pod_ip: Some("10.244.0.7".into()), phase: Some("Running".into()), ..Default::default() });
+        pod.spec = Some(PodSpec {
+            node_name: Some("n1".into()),
+            host_network: Some(true),
+            service_account_name: Some("mic-sa".into()),
+            containers: vec![Default::default()],
+            ..Default::default()
+        });
+        pod.status = Some(status("Running", &["10.244.0.7", "fd00::7"]));
         pod
+    }
+
+    /// A status with `podIP` the first address and `podIPs` all of them.
+    fn status(phase: &str, ips: &[&str]) -> PodStatus {
+        PodStatus {
+            pod_ip: ips.first().map(|ip| (*ip).to_owned()),
+            pod_ips: Some(ips.iter().map(|ip| PodIP { ip: (*ip).to_owned() }).collect()),
+            phase: Some(phase.into()),
+            host_ip: Some("10.0.0.4".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -236,12 +277,24 @@ mod tests {
         let mut pod = mk_pod();
         strip_pod(&mut pod);
         assert!(pod.metadata.annotations.is_none());
+        assert!(pod.status.as_ref().unwrap().host_ip.is_none() && pod.spec.as_ref().unwrap().containers.is_empty());
         let view = pod_view(&pod);
         assert_eq!(view.ip, "10.244.0.7".parse().ok());
+        assert_eq!(view.ips, ["10.244.0.7".parse::<IpAddr>().unwrap(), "fd00::7".parse().unwrap()]);
         assert_eq!(view.phase, "Running");
         assert_eq!(view.replicaset.as_deref(), Some("mic-123"));
+        assert_eq!(view.service_account, "mic-sa");
         assert!(view.host_network);
+        assert!(!view.terminating);
         assert_eq!(view.labels["aadpodidbinding"], "demo");
+    }
+
+    #[test]
+    fn a_deleted_pod_is_seen_as_terminating() {
+        let mut pod = mk_pod();
+        pod.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        strip_pod(&mut pod);
+        assert!(pod_view(&pod).terminating);
     }
 
     fn mk_aai(name: &str, pod: &str, status: &str) -> AzureAssignedIdentity {
@@ -278,25 +331,33 @@ mod tests {
     #[test]
     fn a_requests_candidates_are_the_pods_with_its_ip_in_any_phase() {
         let mut writer: Writer<Pod> = Writer::default();
-        let with = |name: &str, ip: &str, phase: &str| {
+        let with = |name: &str, phase: &str, ips: &[&str]| {
             let mut pod = mk_pod();
             pod.metadata.name = Some(name.into());
-            pod.status = Some(PodStatus { pod_ip: Some(ip.into()), phase: Some(phase.into()), ..Default::default() });
+            pod.status = Some(status(phase, ips));
             pod
         };
         for pod in [
-            with("a", "10.244.0.7", "Running"),
-            with("b", "10.244.0.8", "Running"),
-            with("c", "10.244.0.7", "Succeeded"),
+            with("a", "Running", &["10.244.0.7"]),
+            with("b", "Running", &["10.244.0.8"]),
+            with("c", "Succeeded", &["10.244.0.7"]),
+            with("v6-first", "Running", &["fd00::9", "10.244.0.9"]),
+            with("no-ip", "Pending", &[]),
         ] {
             writer.apply_watcher_event(&watcher::Event::Apply(pod));
         }
         let (exceptions, _) = reflector::store();
         let store =
             KubeStore { pods: writer.as_reader(), exceptions, assigned: None, bindings: None, identities: None };
-        let mut names: Vec<_> = store.pods_with_ip("10.244.0.7".parse().unwrap()).into_iter().map(|p| p.name).collect();
-        names.sort();
-        assert_eq!(names, ["a", "c"]);
-        assert!(store.pods_with_ip("10.244.0.9".parse().unwrap()).is_empty());
+        let names = |ip: &str| {
+            let mut names: Vec<_> = store.pods_with_ip(ip.parse().unwrap()).into_iter().map(|p| p.name).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names("10.244.0.7"), ["a", "c"]);
+        assert!(names("10.244.0.10").is_empty());
+        assert_eq!(names("10.244.0.9"), ["v6-first"], "by the second address of a dual-stack pod");
+        assert_eq!(names("fd00::9"), ["v6-first"]);
+        assert_eq!(names("::ffff:10.244.0.9"), ["v6-first"], "an IPv4-mapped caller");
     }
 }

@@ -19,7 +19,7 @@ use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
 use k8s_openapi::api::core::v1::{Secret, SecretReference};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use support::cluster::{NodeSetup, assign, create_pod, prepare_node, set_state};
+use support::cluster::{NodeSetup, assign, create_pod, create_pod_from, prepare_node, set_pod_status, set_state};
 use support::{jwt_claims, require_root, require_tool};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/imds_client.py");
@@ -392,4 +392,100 @@ async fn managed_mode_exceptions_host_endpoint_and_proxy() {
     assert_eq!((status, body.as_str()), (403, "Request blocked by AAD Pod Identity NMI\n"));
     let (status, body) = raw(&p0, "/metadata/versions", true).await;
     assert_eq!(status, 200, "proxied to the node's IMDS: {body}");
+}
+
+impl Env {
+    /// A Running pod owned by ReplicaSet `replicaset` and running as `service_account`.
+    async fn owned_pod(&self, name: &str, replicaset: &str, service_account: &str) -> Pod {
+        let net = self.node.add_pod().unwrap();
+        let owner = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset,
+            "uid": "5d1c0b6e-0000-4000-8000-000000000001", "controller": true});
+        let pod = json!({
+            "metadata": {"name": name, "ownerReferences": [owner]},
+            "spec": {"nodeName": self.setup.node_name, "serviceAccountName": service_account,
+                "containers": [{"name": "app", "image": "example.invalid/app"}]},
+        });
+        create_pod_from(&self.client, self.ns.name(), pod).await;
+        set_pod_status(&self.client, self.ns.name(), name, "Running", &net.ip.to_string()).await;
+        net
+    }
+}
+
+/// The JWT's `appid` when the response is a 200 token; `None` for any other answer.
+fn served_appid(status: u64, body: &str) -> Option<String> {
+    (status == 200).then(|| {
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("token JSON: {body}"));
+        jwt_claims(v["access_token"].as_str().unwrap())["appid"].as_str().unwrap().to_owned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_alike_mic_with_another_service_account_gets_no_node_token() {
+    let e = env().await;
+    let b = &e.ids[1];
+    let mic = e.owned_pod("mic-7d9f5-abcde", "mic-7d9f5", "aad-pod-id-mic-service-account").await;
+    let fake = e.owned_pod("mic-lookalike-5c6b-fghij", "mic-lookalike-5c6b", "app").await;
+    let mic_namespace = format!("--MICNamespace={}", e.ns.name());
+    let nmi = e.setup.start_nmi(&e.node, &[&mic_namespace]);
+    nmi.wait_active(&e.node).await;
+    let path = format!("{TOKEN_PATH}&client_id={}", b.client_id);
+
+    let (status, body) = raw(&mic, &path, true).await;
+    assert_eq!(served_appid(status, &body).as_deref(), Some(b.client_id.as_str()), "MIC: the node's token: {body}");
+    let (status, body) = raw(&fake, &path, true).await;
+    assert_eq!(status, 404, "a mic-… ReplicaSet with another service account is an ordinary pod: {body}");
+    assert!(!body.contains("access_token"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_ip_never_serves_the_previous_pods_identity() {
+    let e = env().await;
+    let (a, b) = (&e.ids[0], &e.ids[1]);
+    let (ns, node) = (e.ns.name(), e.setup.node_name.as_str());
+    let owned_net = e.pod("old").await;
+    let (net, ip) = (&owned_net, owned_net.ip.to_string());
+    e.assign("old", "id-a", ua_spec(a), "Assigned").await;
+    let nmi = e.setup.start_nmi(&e.node, &[]);
+    nmi.wait_active(&e.node).await;
+    let (status, body) = raw(net, TOKEN_PATH, true).await;
+    assert_eq!(served_appid(status, &body).as_deref(), Some(a.client_id.as_str()), "{body}");
+
+    // Deleted: with no kubelet to confirm, it stays Terminating, Running, with its IP.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), ns);
+    pods.delete("old", &kube::api::DeleteParams::default()).await.unwrap();
+    let deleting = |name: &'static str| {
+        aadpodid_testkit::poll_until(name, Duration::from_secs(30), move || async move {
+            let (status, body) = raw(net, TOKEN_PATH, true).await;
+            (status == 500).then_some(body)
+        })
+    };
+    let body = deleting("NMI refusing the terminating pod").await.expect("a terminating pod is not served");
+    assert!(body.contains("pod list is empty"), "{body}");
+
+    // The IP goes to a new pod, which NMI sees before the kubelet reports its IP.
+    let new = json!({"metadata": {"name": "new"},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "example.invalid/app"}]}});
+    create_pod_from(&e.client, ns, new).await;
+    e.assign("new", "id-b", ua_spec(b), "Assigned").await;
+    let (status, body) = raw(net, TOKEN_PATH, true).await;
+    assert_eq!(status, 500, "a retryable error, never the old pod's identity: {body}");
+    set_pod_status(&e.client, ns, "new", "Running", &ip).await;
+    let served = aadpodid_testkit::poll_until("the new pod served", Duration::from_secs(30), move || async move {
+        let (status, body) = raw(net, TOKEN_PATH, true).await;
+        assert!(status == 200 || status == 500, "{status}: {body}");
+        served_appid(status, &body)
+    });
+    assert_eq!(served.await.expect("the new pod gets its identity"), b.client_id, "the new pod's own identity");
+
+    // A finished pod keeps its IP in status too: the next pod with that IP is served its own.
+    set_pod_status(&e.client, ns, "new", "Succeeded", &ip).await;
+    deleting("NMI refusing the finished pod").await.expect("a finished pod is not served");
+    e.assign("newer", "id-a", ua_spec(a), "Assigned").await;
+    create_pod(&e.client, ns, "newer", node, net, "newer").await;
+    let served = aadpodid_testkit::poll_until("the newer pod served", Duration::from_secs(30), move || async move {
+        let (status, body) = raw(net, TOKEN_PATH, true).await;
+        assert!(status == 200 || status == 500, "{status}: {body}");
+        served_appid(status, &body)
+    });
+    assert_eq!(served.await.expect("the newer pod gets its identity"), a.client_id, "not the finished pod's");
 }

@@ -246,6 +246,19 @@ fn managed_mode_renders_no_mic_objects() {
 }
 
 #[test]
+fn nmi_recognises_only_mic_in_the_release_namespace_with_its_service_account() {
+    let nmi = |sets: &[&str]| find(&docs(&template(sets)), "DaemonSet", "aad-pod-identity-nmi").unwrap().text.clone();
+    let standard = nmi(&[]);
+    assert!(standard.contains("- --MICNamespace=aadpodid-system\n"), "{standard}");
+    assert!(standard.contains("- --mic-service-account=aad-pod-identity-mic\n"), "{standard}");
+    assert!(nmi(&["nmi.micNamespace=other"]).contains("- --MICNamespace=other\n"));
+    for sets in [&["operationMode=managed"][..], &["rbac.enabled=false"][..]] {
+        let text = nmi(sets);
+        assert!(text.contains("- --mic-service-account=\n"), "no MIC service account, short-cut off: {sets:?}\n{text}");
+    }
+}
+
+#[test]
 fn force_namespaced_reaches_both_components() {
     let docs = docs(&template(&["forceNamespaced=true"]));
     for (kind, name) in [("Deployment", "aad-pod-identity-mic"), ("DaemonSet", "aad-pod-identity-nmi")] {

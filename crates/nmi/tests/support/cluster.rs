@@ -129,15 +129,24 @@ impl Nmi {
 
 /// A pod on `node_name` in `ns`, Running with the network pod's IP.
 pub async fn create_pod(client: &kube::Client, ns: &str, name: &str, node_name: &str, net: &NetPod, label: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(json!({
+    let pod = json!({
         "metadata": {"name": name, "labels": {"aadpodidbinding": label}},
         "spec": {"nodeName": node_name, "containers": [{"name": "app", "image": "example.invalid/app"}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let status =
-        json!({"status": {"phase": "Running", "podIP": net.ip.to_string(), "podIPs": [{"ip": net.ip.to_string()}]}});
+    });
+    create_pod_from(client, ns, pod).await;
+    set_pod_status(client, ns, name, "Running", &net.ip.to_string()).await;
+}
+
+/// A pod from its JSON (no status: no IP yet, as before the kubelet reports it).
+pub async fn create_pod_from(client: &kube::Client, ns: &str, pod: Value) {
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &pod).await.unwrap();
+}
+
+/// Sets a pod's phase and IP (`podIP` and `podIPs`) as the kubelet would.
+pub async fn set_pod_status(client: &kube::Client, ns: &str, name: &str, phase: &str, ip: &str) {
+    let status = json!({"status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 }
 

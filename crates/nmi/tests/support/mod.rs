@@ -55,7 +55,7 @@ impl FixedNode {
 
 impl NodeState for FixedNode {
     fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<PodView> {
-        self.pods.lock().unwrap().iter().filter(|p| p.ip == Some(ip)).cloned().collect()
+        self.pods.lock().unwrap().iter().filter(|p| p.has_ip(ip)).cloned().collect()
     }
     fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
         self.pods.lock().unwrap().iter().find(|p| p.namespace == namespace && p.name == name).cloned()
