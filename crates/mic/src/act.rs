@@ -24,7 +24,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::decide::{Desired, Plan, Removal, TargetPlan, Update};
-use crate::events::{EventType, Recorder, pod_reference, reason, reference};
+use crate::events::{EventType, Recorder, pod_reference, reason, redact_guids, reference};
 use crate::metrics::Metrics;
 use crate::view::{AssignedView, NodeTarget, normalise_resource_id};
 
@@ -285,7 +285,7 @@ async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Ou
                 out.failed += 1;
                 let op = if p.kind == Kind::Create { "assigned_identity_addition" } else { "assigned_identity_update" };
                 ctx.metrics.kube_error(op);
-                tracing::error!(%error, assigned = %p.name, "Writing assigned identity failed");
+                tracing::error!(error = %redact_guids(&error.to_string()), assigned = %p.name, "Writing assigned identity failed");
                 let msg = format!("Creating assigned identity for pod {} resulted in error {error}", p.name);
                 warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
             }
@@ -459,7 +459,7 @@ async fn mark_assigned(ctx: &Ctx, p: &Pending, o: &mut Outcome) {
         Err(error) => {
             o.failed += 1;
             ctx.metrics.kube_error("update_azure_assigned_identity_status");
-            tracing::error!(%error, assigned = %p.name, "Updating assigned identity status failed");
+            tracing::error!(error = %redact_guids(&error.to_string()), assigned = %p.name, "Updating assigned identity status failed");
             let msg = format!(
                 "Updating assigned identity {} status to {} for pod {} failed with error {error}",
                 p.name,
@@ -509,7 +509,7 @@ async fn delete_one(ctx: &Ctx, a: &AssignedView, unassigned: bool) -> Outcome {
         Err(e) if !is_not_found(&e) => {
             o.failed += 1;
             ctx.metrics.kube_error("assigned_identity_deletion");
-            tracing::error!(error = %e, assigned = %a.name, "Removing assigned identity failed");
+            tracing::error!(error = %redact_guids(&e.to_string()), assigned = %a.name, "Removing assigned identity failed");
             let msg = format!(
                 "Removing assigned identity binding {} node {} for pod {} resulted in error {e}",
                 a.binding_name, a.node, a.name
