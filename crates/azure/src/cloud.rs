@@ -74,12 +74,19 @@ impl CloudConfig {
         Self::from_yaml(&text).map_err(|reason| CloudError::ParseConfig { path: path.to_path_buf(), reason })
     }
 
-    /// Parses azure.json text (YAML or JSON). An empty document is an all-empty config.
+    /// Parses azure.json text (YAML or JSON). An empty document is an all-empty config. The
+    /// error says where the text is wrong, never what it says: the parser's own message quotes
+    /// the text around the error, and azure.json holds the service principal's secret.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        serde_saphyr::from_str(text).map_err(|e| match e.location() {
+            Some(at) => {
+                format!("not valid YAML or JSON for a cloud config at line {}, column {}", at.line(), at.column())
+            }
+            None => "not valid YAML or JSON for a cloud config (no line known)".to_owned(),
+        })
     }
 
     /// The original's fallback when `--cloudconfig` is empty: `CLOUD`, `TENANT_ID`, `CLIENT_ID`,
@@ -277,8 +284,10 @@ impl AzureEnvironment {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|source| CloudError::ReadEnvironment { path: path.to_path_buf(), source })?;
-        serde_json::from_str(&text)
-            .map_err(|e| CloudError::ParseEnvironment { path: path.to_path_buf(), reason: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| CloudError::ParseEnvironment {
+            path: path.to_path_buf(),
+            reason: format!("{:?} error at line {}, column {}", e.classify(), e.line(), e.column()),
+        })
     }
 
     /// The resource (audience) of ARM bearer tokens. The original asked for the ARM endpoint

@@ -24,19 +24,23 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::decide::{Desired, Plan, Removal, TargetPlan, Update};
-use crate::events::{EventType, Recorder, pod_reference, reason, reference};
+use crate::events::{EventType, Recorder, pod_reference, reason, redact_guids, reference};
 use crate::metrics::Metrics;
-use crate::view::{AssignedView, NodeTarget};
+use crate::view::{AssignedView, NodeTarget, normalise_resource_id};
 
 /// A boxed future, so [`NodeIdentities`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// An ARM failure, carried as the error's text (events and logs show it verbatim), with the
-/// wait ARM asked for when it throttled.
+/// An ARM failure, with the wait ARM asked for when it throttled. Its text (`Display`) is for
+/// logs, GUIDs redacted; Events say only `public`, never ARM's own message: one update carries
+/// the identities of every namespace on a VM or scale set, and ARM's message can name any of
+/// them, and principals' client IDs.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ArmFailure {
     pub message: String,
+    /// The kind of failure and ARM's error code, naming no identity.
+    pub public: String,
     pub retry_after: Option<std::time::Duration>,
 }
 
@@ -103,6 +107,9 @@ pub type PodUids = BTreeMap<(String, String), String>;
 /// Carries out the plan; targets in parallel, orphans without ARM.
 pub async fn apply(plan: Plan, ctx: &Ctx, pods: &PodUids) -> Outcome {
     let mut out = Outcome::default();
+    for d in &plan.conflicts {
+        report_conflict(ctx, d).await;
+    }
     let mut orphans = buffered(plan.orphans.iter().map(|o| delete_one(ctx, o, false).boxed()), ctx.batch);
     while let Some(o) = orphans.next().await {
         out.merge(o);
@@ -113,6 +120,19 @@ pub async fn apply(plan: Plan, ctx: &Ctx, pods: &PodUids) -> Outcome {
         out.merge(o);
     }
     out
+}
+
+/// Tells a pod that one of its identities is not assigned because the object name belongs to
+/// another assignment. Once per pod, identity and name; nothing of the other assignment is named.
+async fn report_conflict(ctx: &Ctx, d: &Desired) {
+    tracing::warn!(assigned = %d.name, pod = %d.pod, namespace = %d.pod_namespace, identity = %d.identity.name,
+        "Assigned identity name already used by another assignment; not assigned");
+    let msg = format!(
+        "Identity {} is not assigned to pod {}: the assigned identity name {} is already used by another assignment",
+        d.identity.name, d.pod, d.name
+    );
+    let pod = pod_reference(&d.pod, &d.pod_namespace, Some(&d.pod_uid));
+    ctx.events.publish_once(&pod, EventType::Warning, reason::BINDING_APPLY_ERROR, msg).await;
 }
 
 /// Runs futures `batch` at a time, each made only when a slot frees: a kube request's future is
@@ -235,7 +255,7 @@ async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &Pod
             tracing::error!(%target, %error, add = add.len(), remove = remove.len(), duration_ms = call.elapsed().as_millis() as u64, "Updating identities on node failed");
             match ctx.arm.identities(target).await {
                 Ok(ids) => {
-                    let on_node: BTreeSet<String> = ids.iter().map(|i| i.to_ascii_lowercase()).collect();
+                    let on_node: BTreeSet<String> = ids.iter().map(|i| normalise_resource_id(i)).collect();
                     finish(ctx, pending, &t.deletes, Some((&on_node, &error)), &mut out).await;
                 }
                 Err(get_error) => {
@@ -265,7 +285,7 @@ async fn write_pending(ctx: &Ctx, t: &TargetPlan, started: Instant, out: &mut Ou
                 out.failed += 1;
                 let op = if p.kind == Kind::Create { "assigned_identity_addition" } else { "assigned_identity_update" };
                 ctx.metrics.kube_error(op);
-                tracing::error!(%error, assigned = %p.name, "Writing assigned identity failed");
+                tracing::error!(error = %redact_guids(&error.to_string()), assigned = %p.name, "Writing assigned identity failed");
                 let msg = format!("Creating assigned identity for pod {} resulted in error {error}", p.name);
                 warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
             }
@@ -305,7 +325,8 @@ async fn warn_both(ctx: &Ctx, p: &Pending, why: &str, msg: String) {
 
 /// The full object MIC writes: embedded copies of identity and binding, the `nodename` label,
 /// the finalizer and status `Created`. For an update, the old object's metadata is kept
-/// (resourceVersion for optimistic concurrency) with the new label.
+/// (resourceVersion for optimistic concurrency, and its namespace: it is rewritten where it is)
+/// with the new label.
 pub fn new_object(d: &Desired, before: Option<&AzureAssignedIdentity>) -> AzureAssignedIdentity {
     let mut obj = AzureAssignedIdentity::new(
         &d.name.0,
@@ -319,11 +340,13 @@ pub fn new_object(d: &Desired, before: Option<&AzureAssignedIdentity>) -> AzureA
             replicas: None,
         },
     );
-    if let Some(b) = before {
-        obj.metadata = b.metadata.clone();
-        obj.metadata.managed_fields = None;
+    match before {
+        Some(b) => {
+            obj.metadata = b.metadata.clone();
+            obj.metadata.managed_fields = None;
+        }
+        None => obj.metadata.namespace = Some(d.namespace.clone()),
     }
-    obj.metadata.namespace = Some(d.namespace.clone());
     obj.metadata.labels.get_or_insert_default().insert(NODENAME_LABEL.to_owned(), d.node.clone());
     let finalizers = obj.metadata.finalizers.get_or_insert_default();
     if !finalizers.iter().any(|f| f == ASSIGNED_IDENTITY_FINALIZER) {
@@ -377,11 +400,13 @@ async fn finish(
 /// the node: then it stays `Created` with a `binding apply error`.
 async fn assign_one(ctx: &Ctx, p: Pending, on_node: Option<(&BTreeSet<String>, &ArmFailure)>) -> Outcome {
     let mut o = Outcome::default();
-    let missing = on_node.filter(|(ids, _)| p.user_assigned && !ids.contains(&p.resource_id.to_ascii_lowercase()));
+    let missing = on_node.filter(|(ids, _)| p.user_assigned && !ids.contains(&normalise_resource_id(&p.resource_id)));
     if let Some((_, error)) = missing {
         o.failed += 1;
-        let msg =
-            format!("Applying binding {} node {} for pod {} resulted in error {error}", p.binding_name, p.node, p.name);
+        let msg = format!(
+            "Applying binding {} node {} for pod {} resulted in error {}",
+            p.binding_name, p.node, p.name, error.public
+        );
         tracing::error!(assigned = %p.name, node = %p.node, "Identity not on node after failed update; stays Created");
         warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
     } else {
@@ -394,12 +419,12 @@ async fn assign_one(ctx: &Ctx, p: Pending, on_node: Option<(&BTreeSet<String>, &
 /// still on the node: then it is kept with a `binding remove error`.
 async fn remove_one(ctx: &Ctx, r: &Removal, on_node: Option<(&BTreeSet<String>, &ArmFailure)>) -> Outcome {
     let still_there =
-        on_node.filter(|(ids, _)| r.unassign && ids.contains(&r.assigned.resource_id.to_ascii_lowercase()));
+        on_node.filter(|(ids, _)| r.unassign && ids.contains(&normalise_resource_id(&r.assigned.resource_id)));
     if let Some((_, error)) = still_there {
         let a = &r.assigned;
         let msg = format!(
-            "Binding {} removal from node {} for pod {} resulted in error {error}",
-            a.binding_name, a.node, a.pod
+            "Binding {} removal from node {} for pod {} resulted in error {}",
+            a.binding_name, a.node, a.pod, error.public
         );
         tracing::error!(assigned = %a.name, node = %a.node, "Identity still on node after failed update; kept");
         ctx.events.publish(&binding_reference(a), EventType::Warning, reason::BINDING_REMOVE_ERROR, msg).await;
@@ -434,7 +459,7 @@ async fn mark_assigned(ctx: &Ctx, p: &Pending, o: &mut Outcome) {
         Err(error) => {
             o.failed += 1;
             ctx.metrics.kube_error("update_azure_assigned_identity_status");
-            tracing::error!(%error, assigned = %p.name, "Updating assigned identity status failed");
+            tracing::error!(error = %redact_guids(&error.to_string()), assigned = %p.name, "Updating assigned identity status failed");
             let msg = format!(
                 "Updating assigned identity {} status to {} for pod {} failed with error {error}",
                 p.name,
@@ -484,7 +509,7 @@ async fn delete_one(ctx: &Ctx, a: &AssignedView, unassigned: bool) -> Outcome {
         Err(e) if !is_not_found(&e) => {
             o.failed += 1;
             ctx.metrics.kube_error("assigned_identity_deletion");
-            tracing::error!(error = %e, assigned = %a.name, "Removing assigned identity failed");
+            tracing::error!(error = %redact_guids(&e.to_string()), assigned = %a.name, "Removing assigned identity failed");
             let msg = format!(
                 "Removing assigned identity binding {} node {} for pod {} resulted in error {e}",
                 a.binding_name, a.node, a.name
@@ -558,5 +583,13 @@ mod tests {
         assert_eq!(after.metadata.resource_version.as_deref(), Some("42"));
         assert_eq!(after.metadata.labels.unwrap()["nodename"], "n2");
         assert_eq!(after.metadata.finalizers.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn update_rewrites_the_object_where_it_is() {
+        let mut before = new_object(&mk_desired(), None);
+        before.metadata.namespace = Some("apps".into());
+        let after = new_object(&mk_desired(), Some(&before));
+        assert_eq!(after.metadata.namespace.as_deref(), Some("apps"), "a PUT names the namespace it is sent to");
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use aadpodid_azure::HttpOptions;
 use aadpodid_azure::arm::{
-    Arm, ArmClient, ArmCredential, ArmObserver, ArmOperation, ArmOptions, ArmTokenProvider, VmTarget,
+    Arm, ArmClient, ArmCredential, ArmError, ArmObserver, ArmOperation, ArmOptions, ArmTokenProvider, VmTarget,
 };
 use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig, CloudError};
 use aadpodid_azure::token::{AadClient, DEFAULT_IMDS_URL, ImdsClient, RetryPolicy, TokenError};
@@ -18,6 +18,7 @@ use aadpodid_azure::token::{AadClient, DEFAULT_IMDS_URL, ImdsClient, RetryPolicy
 use crate::act::{ArmFailure, BoxFuture, NodeIdentities};
 use crate::args::Args;
 use crate::controller::Reload;
+use crate::events::redact_guids;
 use crate::metrics::Metrics;
 use crate::run::Env;
 use crate::view::NodeTarget;
@@ -32,7 +33,7 @@ pub enum ArmSetupError {
     #[error("building token clients")]
     Token(#[from] TokenError),
     #[error("building the ARM client")]
-    Arm(#[from] aadpodid_azure::arm::ArmError),
+    Arm(#[from] ArmError),
 }
 
 /// Records each ARM operation in the original's cloud-provider metrics.
@@ -55,8 +56,29 @@ fn vm_target(t: &NodeTarget) -> VmTarget {
     }
 }
 
-fn failure(e: aadpodid_azure::arm::ArmError) -> ArmFailure {
-    ArmFailure { retry_after: e.retry_after(), message: e.to_string() }
+fn failure(e: ArmError) -> ArmFailure {
+    ArmFailure { retry_after: e.retry_after(), public: public_text(&e), message: redact_guids(&e.to_string()) }
+}
+
+/// What an Event may say of an ARM error: its kind and ARM's error code. Never ARM's message or
+/// the rejected IDs: one update carries every namespace's identities on a VM or scale set, and
+/// ARM's text can name any of them, and principals' client IDs.
+fn public_text(e: &ArmError) -> String {
+    match e {
+        ArmError::Throttled { retry_after, .. } => format!("ARM throttled the update, retry after {retry_after:?}"),
+        ArmError::NotFound { target, .. } => format!("{target} not found"),
+        ArmError::Deleting { target, .. } => format!("{target} is being deleted"),
+        ArmError::Http { status, code, .. } => format!("ARM answered HTTP {status}: {code}"),
+        ArmError::OperationFailed { status, code, .. } => format!("ARM operation {status}: {code}"),
+        ArmError::OperationTimeout(after) => format!("ARM operation did not finish within {after:?}"),
+        ArmError::Transport(_) => "ARM could not be reached".to_owned(),
+        ArmError::InvalidResponse(_) => "ARM answered with an invalid response".to_owned(),
+        ArmError::Auth(_) => "no token for ARM".to_owned(),
+        ArmError::BadIdentities { ids, source } => {
+            format!("ARM rejected {} of the identities: {}", ids.len(), public_text(source))
+        }
+        ArmError::Config(_) => "invalid ARM client configuration".to_owned(),
+    }
 }
 
 impl NodeIdentities for AzureArm {
@@ -169,4 +191,35 @@ fn build(s: &Settings) -> Result<(CloudConfig, Arc<dyn NodeIdentities>), ArmSetu
     let client = ArmClient::new(&config, &environment, Arc::new(tokens), s.options.clone())?;
     tracing::info!(config = ?config, arm = %environment.resource_manager_endpoint, "Cloud provider initialised");
     Ok((config, Arc::new(AzureArm(Arc::new(client)))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THEIRS: &str = "/subscriptions/0f0e0d0c-aaaa-bbbb-cccc-ddddeeeeffff/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/theirs";
+    const PRINCIPAL: &str = "9a8b7c6d-1111-2222-3333-444455556666";
+
+    #[test]
+    fn arm_failures_show_events_no_identity_and_logs_no_client_id() {
+        let message = format!("The client '{PRINCIPAL}' has no access over scope '{THEIRS}'");
+        let http =
+            || ArmError::Http { status: 403, code: "LinkedAuthorizationFailed".into(), message: message.clone() };
+        for (e, public) in [
+            (http(), "ARM answered HTTP 403: LinkedAuthorizationFailed"),
+            (
+                ArmError::BadIdentities { ids: vec![THEIRS.into()], source: Box::new(http()) },
+                "ARM rejected 1 of the identities: ARM answered HTTP 403: LinkedAuthorizationFailed",
+            ),
+            (
+                ArmError::OperationFailed { status: "Failed".into(), code: "X".into(), message: message.clone() },
+                "ARM operation Failed: X",
+            ),
+        ] {
+            let f = failure(e);
+            assert_eq!(f.public, public);
+            assert!(!f.message.contains(PRINCIPAL), "{}", f.message);
+            assert!(f.message.contains("9a8b##### REDACTED #####6666"), "{}", f.message);
+        }
+    }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::act::{PodUids, Written};
-use crate::view::{self, AssignedName, AssignedView, BindingView, NodeIndex, PodView};
+use crate::view::{self, AssignedView, BindingView, NodeIndex, PodView};
 
 /// Read handles onto the watch caches.
 #[derive(Clone)]
@@ -227,7 +227,7 @@ pub struct Snapshot {
     pub pods: Vec<PodView>,
     pub bindings: Vec<Arc<BindingView>>,
     pub identities: view::IdentityIndex,
-    pub current: BTreeMap<AssignedName, AssignedView>,
+    pub current: Vec<AssignedView>,
     pub nodes: NodeIndex,
     pub pod_uids: PodUids,
 }
@@ -251,7 +251,7 @@ impl Caches {
             tracing::debug!(identity = %key, %error, "Ignoring azure identity");
         }
         let bindings = self.bindings.state().iter().filter_map(|b| view::binding_view(b).ok()).map(Arc::new).collect();
-        let current = self.assigned.state().iter().map(view::assigned_view).map(|a| (a.name.clone(), a)).collect();
+        let current = self.assigned.state().iter().map(view::assigned_view).collect();
         let nodes = self.nodes.state().iter().map(|n| view::node_view(n)).collect();
         Snapshot { pods, bindings, identities, current, nodes, pod_uids }
     }

@@ -207,7 +207,7 @@ impl Controller {
     async fn reconcile_drift(&self) {
         let snap = self.caches.snapshot();
         let mut want: BTreeMap<&NodeTarget, BTreeSet<String>> = BTreeMap::new();
-        for a in snap.current.values() {
+        for a in &snap.current {
             if a.state != AssignedIdentityState::Assigned || !a.is_user_assigned() {
                 continue;
             }

@@ -8,6 +8,7 @@
 //! pods, bindings, identities --desired--> Desired set --plan(current, nodes)--> Plan --batches--> ARM deltas
 //! ```
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use aadpodid_api::AssignedIdentityState;
 use aadpodid_api::view::IdentityType;
 
 use crate::view::{
-    AssignedName, AssignedView, BindingView, IdentityIndex, IdentityView, NodeIndex, NodeTarget, PodView,
+    AssignedName, AssignedView, AssignmentKey, BindingView, IdentityIndex, IdentityView, NodeIndex, NodeTarget,
+    PodView, normalise_resource_id,
 };
 
 /// The original's identity-patch limit: at most this many identities per ARM request.
@@ -58,19 +60,27 @@ impl Desired {
     fn is_user_assigned(&self) -> bool {
         self.identity.kind == IdentityType::UserAssignedMsi
     }
+
+    /// The pair, whatever its object is named.
+    pub fn key(&self) -> AssignmentKey {
+        AssignmentKey {
+            pod_namespace: self.pod_namespace.clone(),
+            pod: self.pod.clone(),
+            identity_namespace: self.identity.namespace.clone(),
+            identity: self.identity.name.clone(),
+        }
+    }
 }
 
-/// The desired set (§1.7): every scheduled labelled pod × every binding whose selector equals
-/// the label value (bindings of all namespaces, in (namespace, name) order) × the identity the
+/// The desired set: one entry per (pod, identity) pair.
+pub type DesiredSet = BTreeMap<AssignmentKey, Desired>;
+
+/// The desired set: every scheduled labelled pod × every binding whose selector equals the
+/// label value (bindings of all namespaces, in (namespace, name) order) × the identity the
 /// binding names in its own namespace. Namespaced identities (or `force_namespaced`) pair only
-/// within one namespace. On a name conflict the first pair wins, so the binding of the
-/// lexically smaller namespace does.
-pub fn desired(
-    pods: &[PodView],
-    bindings: &[Arc<BindingView>],
-    identities: &IdentityIndex,
-    mode: Mode,
-) -> BTreeMap<AssignedName, Desired> {
+/// within one namespace. Several bindings giving one pair: the first binding wins. Pairs whose
+/// object names collide are all kept here; [`plan`] decides which one gets the name.
+pub fn desired(pods: &[PodView], bindings: &[Arc<BindingView>], identities: &IdentityIndex, mode: Mode) -> DesiredSet {
     let mut sorted: Vec<&Arc<BindingView>> = bindings.iter().collect();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut by_selector: BTreeMap<&str, Vec<&Arc<BindingView>>> = BTreeMap::new();
@@ -84,7 +94,7 @@ pub fn desired(
                 continue;
             };
             if let Some(d) = pair(pod, binding, identity, mode) {
-                out.entry(d.name.clone()).or_insert(d);
+                out.entry(d.key()).or_insert(d);
             }
         }
     }
@@ -182,52 +192,54 @@ pub struct Plan {
     pub targets: BTreeMap<NodeTarget, TargetPlan>,
     /// Objects on nodes that no longer exist: deleted without any ARM call.
     pub orphans: Vec<AssignedView>,
-    /// Desired pairs on nodes not (yet) known: nothing is created until the node appears.
+    /// Desired pairs on nodes not (yet) known, or whose object name is still held by an object
+    /// deleted this cycle: nothing is created for them yet.
     pub waiting: Vec<AssignedName>,
+    /// Desired pairs whose object name already belongs to another live pair (another pod or
+    /// another identity): they get no assignment, and their pod is told.
+    pub conflicts: Vec<Desired>,
 }
 
 impl Plan {
     /// True when the cycle has nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.orphans.is_empty() && self.targets.values().all(TargetPlan::is_empty)
+        self.orphans.is_empty() && self.conflicts.is_empty() && self.targets.values().all(TargetPlan::is_empty)
     }
 }
 
-/// The diff (§2.4 steps 4–8): create what is desired and missing, retry what is still
-/// `Created`, rewrite what changed, delete what is no longer desired; attach new type-0
-/// identities, and detach an identity only when no other desired pair on the same VM (or any
-/// instance of the same scale set) still needs it. Objects on vanished nodes become orphans.
-pub fn plan(
-    desired: &BTreeMap<AssignedName, Desired>,
-    current: &BTreeMap<AssignedName, AssignedView>,
-    nodes: &NodeIndex,
-    immutable: &Immutable,
-) -> Plan {
-    let mut out = Plan::default();
-    let users = Users::new(desired, nodes);
-    for d in desired.values() {
+/// The diff: create what is desired and missing, retry what is still `Created`, rewrite what
+/// changed, delete what is no longer desired; attach new type-0 identities, and detach an
+/// identity only when no desired pair on the same VM (or any instance of the same scale set)
+/// still uses its resource ID. Pairs are matched to objects by [`AssignmentKey`], never by
+/// object name: an object name held by one pair is never rewritten for another. Objects on
+/// vanished nodes become orphans.
+pub fn plan(desired: &DesiredSet, current: &[AssignedView], nodes: &NodeIndex, immutable: &Immutable) -> Plan {
+    let claims = Claims::new(desired, current);
+    let users = Users::new(&claims.holders, nodes);
+    let mut out = Plan { waiting: claims.deferred, conflicts: claims.conflicts, ..Plan::default() };
+    for (d, own) in &claims.holders {
         let Some(target) = nodes.get(&d.node) else {
             out.waiting.push(d.name.clone());
             continue;
         };
-        match current.get(&d.name) {
-            None => out.target(target).creates.push(d.clone()),
+        match own {
+            None => out.target(target).creates.push((*d).clone()),
             Some(c) if d.matches(c) => {
                 if c.state != AssignedIdentityState::Created {
                     continue;
                 }
-                out.target(target).retries.push(c.clone());
+                out.target(target).retries.push((*c).clone());
             }
             Some(c) => {
                 plan_detach(&mut out, c, &users, nodes, immutable);
-                out.target(target).updates.push(Update { before: c.clone(), after: d.clone() });
+                out.target(target).updates.push(Update { before: (*c).clone(), after: (*d).clone() });
             }
         }
         if d.is_user_assigned() {
-            out.target(target).add.insert(d.identity.resource_id.to_ascii_lowercase());
+            out.target(target).add.insert(normalise_resource_id(&d.identity.resource_id));
         }
     }
-    for c in current.values().filter(|c| !desired.contains_key(&c.name)) {
+    for c in claims.leftovers {
         let Some(target) = nodes.get(&c.node) else {
             out.orphans.push(c.clone());
             continue;
@@ -247,46 +259,106 @@ impl Plan {
     }
 }
 
+/// Which desired pair holds which object, and which object name.
+struct Claims<'a> {
+    /// Desired pairs that keep (with their object) or get an object this cycle.
+    holders: Vec<(&'a Desired, Option<&'a AssignedView>)>,
+    /// Desired pairs whose name belongs to another live pair.
+    conflicts: Vec<Desired>,
+    /// Desired pairs whose name is held by an object that is deleted this cycle.
+    deferred: Vec<AssignedName>,
+    /// Objects no desired pair keeps, in (namespace, name) order.
+    leftovers: Vec<&'a AssignedView>,
+}
+
+impl<'a> Claims<'a> {
+    /// An existing object belongs to the pair its spec names (when several name one pair, the
+    /// one where the pair's object belongs, then the first in (namespace, name) order). A pair
+    /// without one takes its name only when no object holds it and no earlier pair (in key
+    /// order) took it this cycle: the first owner keeps a name, never a later one.
+    fn new(desired: &'a DesiredSet, current: &'a [AssignedView]) -> Self {
+        let mut keyed: Vec<(AssignmentKey, &AssignedView)> = current.iter().map(|c| (c.key(), c)).collect();
+        let away = |(k, c): &(AssignmentKey, &AssignedView)| desired.get(k).is_none_or(|d| d.namespace != c.namespace);
+        keyed.sort_by(|a, b| (away(a), &a.1.namespace, &a.1.name).cmp(&(away(b), &b.1.namespace, &b.1.name)));
+        let mut taken: BTreeMap<(&str, &AssignedName), &AssignmentKey> = BTreeMap::new();
+        let mut own: BTreeMap<&AssignmentKey, &AssignedView> = BTreeMap::new();
+        let mut leftovers = Vec::new();
+        for (k, c) in &keyed {
+            taken.insert((c.namespace.as_str(), &c.name), k);
+            match own.entry(k) {
+                Entry::Vacant(e) => {
+                    e.insert(c);
+                }
+                Entry::Occupied(_) => leftovers.push(*c),
+            }
+        }
+        let mut claims = Self { holders: Vec::new(), conflicts: Vec::new(), deferred: Vec::new(), leftovers };
+        for (key, d) in desired {
+            if let Some(c) = own.get(key) {
+                claims.holders.push((d, Some(*c)));
+                continue;
+            }
+            match taken.entry((d.namespace.as_str(), &d.name)) {
+                Entry::Vacant(e) => {
+                    e.insert(key);
+                    claims.holders.push((d, None));
+                }
+                Entry::Occupied(e) if desired.contains_key(*e.get()) => claims.conflicts.push(d.clone()),
+                Entry::Occupied(_) => claims.deferred.push(d.name.clone()),
+            }
+        }
+        claims.leftovers.extend(own.into_iter().filter(|(k, _)| !desired.contains_key(*k)).map(|(_, c)| c));
+        claims.leftovers.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        claims
+    }
+}
+
 /// Puts the identity of `c` on its target's remove list when the rules allow; returns whether.
+/// A `Created` object counts: its ARM write may have happened before MIC stopped, and removing
+/// an identity that is not there changes nothing.
 fn plan_detach(out: &mut Plan, c: &AssignedView, users: &Users<'_>, nodes: &NodeIndex, immutable: &Immutable) -> bool {
     let Some(target) = nodes.get(&c.node) else { return false };
-    let assigned = matches!(c.state, AssignedIdentityState::Assigned | AssignedIdentityState::Legacy);
-    let detach = assigned && c.is_user_assigned() && !immutable.contains(&c.client_id) && !users.in_use(c, target);
+    let state = matches!(
+        c.state,
+        AssignedIdentityState::Assigned | AssignedIdentityState::Legacy | AssignedIdentityState::Created
+    );
+    let detach = state && c.is_user_assigned() && !immutable.contains(&c.client_id) && !users.in_use(c, target);
     if detach {
-        out.target(target).remove.insert(c.resource_id.to_ascii_lowercase());
+        out.target(target).remove.insert(normalise_resource_id(&c.resource_id));
     } else {
         out.target(target);
     }
     detach
 }
 
-/// One desired type-0 pair: its object name, node, and the node's VM or scale set.
-type User<'a> = (&'a AssignedName, &'a str, Option<&'a NodeTarget>);
-
-/// Who still needs which client ID where: desired type-0 pairs by client ID.
+/// Who still needs which identity where: the nodes (and their VM or scale set) of the desired
+/// type-0 pairs that hold an object, by normalised resource ID. Never by client ID: a client ID
+/// is whatever string an AzureIdentity claims, and ARM attaches by resource ID.
 struct Users<'a> {
-    by_client: BTreeMap<&'a str, Vec<User<'a>>>,
+    by_resource: BTreeMap<String, Vec<(&'a str, Option<&'a NodeTarget>)>>,
 }
 
 impl<'a> Users<'a> {
-    fn new(desired: &'a BTreeMap<AssignedName, Desired>, nodes: &'a NodeIndex) -> Self {
-        let mut by_client: BTreeMap<&str, Vec<_>> = BTreeMap::new();
-        for d in desired.values().filter(|d| d.is_user_assigned()) {
-            by_client.entry(d.identity.client_id.as_str()).or_default().push((
-                &d.name,
-                d.node.as_str(),
-                nodes.get(&d.node),
-            ));
+    fn new(holders: &[(&'a Desired, Option<&'a AssignedView>)], nodes: &'a NodeIndex) -> Self {
+        let mut by_resource: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        for (d, _) in holders.iter().filter(|(d, _)| d.is_user_assigned()) {
+            by_resource
+                .entry(normalise_resource_id(&d.identity.resource_id))
+                .or_default()
+                .push((d.node.as_str(), nodes.get(&d.node)));
         }
-        Self { by_client }
+        Self { by_resource }
     }
 
-    /// In use when another desired pair (another object name) with the same client ID is on
-    /// the same node, or on any node of the same scale set.
+    /// In use when a desired pair with the same resource ID is on the same node, or on any
+    /// node of the same scale set.
     fn in_use(&self, c: &AssignedView, target: &NodeTarget) -> bool {
-        self.by_client.get(c.client_id.as_str()).into_iter().flatten().any(|(name, node, t)| {
-            **name != c.name && (*node == c.node || (matches!(target, NodeTarget::Vmss(_)) && *t == Some(target)))
-        })
+        let vmss = matches!(target, NodeTarget::Vmss(_));
+        self.by_resource
+            .get(&normalise_resource_id(&c.resource_id))
+            .into_iter()
+            .flatten()
+            .any(|(node, t)| *node == c.node || (vmss && *t == Some(target)))
     }
 }
 

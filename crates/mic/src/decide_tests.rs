@@ -87,12 +87,12 @@ fn stored(d: &Desired, state: &str) -> AssignedView {
     assigned_view(&Arc::new(a))
 }
 
-fn current_of(items: impl IntoIterator<Item = AssignedView>) -> BTreeMap<AssignedName, AssignedView> {
-    items.into_iter().map(|a| (a.name.clone(), a)).collect()
+fn current_of(items: impl IntoIterator<Item = AssignedView>) -> Vec<AssignedView> {
+    items.into_iter().collect()
 }
 
-fn names(d: &BTreeMap<AssignedName, Desired>) -> Vec<&str> {
-    d.keys().map(|k| k.0.as_str()).collect()
+fn names(d: &DesiredSet) -> Vec<&str> {
+    d.values().map(|d| d.name.0.as_str()).collect()
 }
 
 fn rid(name: &str) -> String {
@@ -110,7 +110,7 @@ fn pod_whose_label_equals_a_selector_gets_the_bindings_identity_in_default() {
         Mode::default(),
     );
     assert_eq!(names(&d), ["demo-apps-myid"]);
-    let one = &d[&AssignedName("demo-apps-myid".into())];
+    let one = d.values().next().unwrap();
     assert_eq!((one.namespace.as_str(), one.node.as_str(), one.pod_uid.as_str()), ("default", "n1", "uid-demo"));
 }
 
@@ -178,8 +178,12 @@ fn same_identity_name_in_two_namespaces_keeps_the_lexically_smaller_namespace() 
         &index(&[mk_identity("zeta", "myid", 0, "c-zeta"), mk_identity("alpha", "myid", 0, "c-alpha")]),
         Mode::default(),
     );
-    assert_eq!(names(&d), ["demo-apps-myid"]);
-    assert_eq!(d.values().next().unwrap().identity.client_id, "c-alpha");
+    assert_eq!(names(&d), ["demo-apps-myid", "demo-apps-myid"], "two pairs, one object name");
+    let p = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
+    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    assert_eq!(t.creates.len(), 1);
+    assert_eq!(t.creates[0].identity.client_id, "c-alpha");
+    assert_eq!(p.conflicts[0].identity.client_id, "c-zeta");
 }
 
 #[test]
@@ -219,7 +223,7 @@ fn user_assigned_identity_with_an_invalid_resource_id_is_ignored() {
 
 // === plan ===
 
-fn one(pods: &[PodView], ids: &[Arc<AzureIdentity>], bindings: &[Arc<BindingView>]) -> BTreeMap<AssignedName, Desired> {
+fn one(pods: &[PodView], ids: &[Arc<AzureIdentity>], bindings: &[Arc<BindingView>]) -> DesiredSet {
     desired(pods, bindings, &index(ids), Mode::default())
 }
 
@@ -230,7 +234,7 @@ fn new_pair_is_created_and_its_identity_attached() {
         &[mk_identity("apps", "myid", 0, "c1")],
         &[mk_binding("apps", "b", "myid", "sel")],
     );
-    let p = plan(&d, &BTreeMap::new(), &vmss_nodes("pool", &["n1"]), &Immutable::default());
+    let p = plan(&d, &[], &vmss_nodes("pool", &["n1"]), &Immutable::default());
     let t = &p.targets[&NodeTarget::Vmss("pool".into())];
     assert_eq!(t.creates.len(), 1);
     assert_eq!(t.add.iter().collect::<Vec<_>>(), [&rid("myid")]);
@@ -372,25 +376,13 @@ fn immutable_client_ids_are_never_detached_whatever_their_case() {
 }
 
 #[test]
-fn assignment_never_confirmed_is_deleted_without_detaching() {
-    let d = one(
-        &[mk_pod("apps", "demo", "n1", "sel")],
-        &[mk_identity("apps", "myid", 0, "c1")],
-        &[mk_binding("apps", "b", "myid", "sel")],
-    );
-    let cur = current_of(d.values().map(|x| stored(x, "Created")));
-    let p = plan(&BTreeMap::new(), &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    assert!(!p.targets[&NodeTarget::Vm("n1".into())].needs_arm());
-}
-
-#[test]
 fn service_principals_need_no_arm_change_either_way() {
     let d = one(
         &[mk_pod("apps", "demo", "n1", "sel")],
         &[mk_identity("apps", "sp", 1, "c1")],
         &[mk_binding("apps", "b", "sp", "sel")],
     );
-    let created = plan(&d, &BTreeMap::new(), &vm_nodes(&["n1"]), &Immutable::default());
+    let created = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
     let t = &created.targets[&NodeTarget::Vm("n1".into())];
     assert_eq!(t.creates.len(), 1);
     assert!(!t.needs_arm());
@@ -419,7 +411,7 @@ fn pods_on_unknown_nodes_wait_for_the_node() {
         &[mk_identity("apps", "myid", 0, "c1")],
         &[mk_binding("apps", "b", "myid", "sel")],
     );
-    let p = plan(&d, &BTreeMap::new(), &vm_nodes(&["n1"]), &Immutable::default());
+    let p = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
     assert_eq!(p.waiting.len(), 1);
     assert!(p.is_empty());
 }
@@ -428,7 +420,7 @@ fn pods_on_unknown_nodes_wait_for_the_node() {
 fn fifty_pods_on_five_nodes_of_one_scale_set_make_one_target_with_one_identity() {
     let pods: Vec<PodView> = (0..50).map(|i| mk_pod("apps", &format!("p{i}"), &format!("n{}", i % 5), "sel")).collect();
     let d = one(&pods, &[mk_identity("apps", "myid", 0, "c1")], &[mk_binding("apps", "b", "myid", "sel")]);
-    let p = plan(&d, &BTreeMap::new(), &vmss_nodes("pool", &["n0", "n1", "n2", "n3", "n4"]), &Immutable::default());
+    let p = plan(&d, &[], &vmss_nodes("pool", &["n0", "n1", "n2", "n3", "n4"]), &Immutable::default());
     assert_eq!(p.targets.len(), 1);
     let t = &p.targets[&NodeTarget::Vmss("pool".into())];
     assert_eq!((t.creates.len(), t.add.len()), (50, 1));
@@ -451,4 +443,204 @@ fn batches_hold_at_most_the_limit_removals_first() {
 #[test]
 fn empty_delta_needs_no_request() {
     assert!(batches(&IdentityDelta::default(), MAX_IDENTITIES_PER_REQUEST).is_empty());
+}
+
+// === cross-namespace safety ===
+
+/// An identity in `ns` with an explicit resource ID (another namespace may name the same one).
+fn identity_with(ns: &str, name: &str, resource_id: &str, client: &str) -> Arc<AzureIdentity> {
+    let mut id = (*mk_identity(ns, name, 0, client)).clone();
+    id.spec.resource_id = Some(resource_id.into());
+    Arc::new(id)
+}
+
+#[test]
+fn a_colliding_name_from_another_namespace_never_takes_over_an_assignment() {
+    // Pod `a-b` in `c` and pod `a` in `b-c` both give the name `a-b-c-x`.
+    let victim_id = identity_with("c", "x", &format!("{SUB}/victim"), "c-victim");
+    let victim =
+        one(&[mk_pod("c", "a-b", "n1", "v")], std::slice::from_ref(&victim_id), &[mk_binding("c", "bv", "x", "v")]);
+    let cur = current_of(victim.values().map(|x| stored(x, "Assigned")));
+    let d = one(
+        &[mk_pod("b-c", "a", "n1", "t"), mk_pod("c", "a-b", "n1", "v")],
+        &[identity_with("b-c", "x", &format!("{SUB}/thief"), "c-thief"), victim_id],
+        &[mk_binding("b-c", "bt", "x", "t"), mk_binding("c", "bv", "x", "v")],
+    );
+    let p = plan(&d, &cur, &vmss_nodes("pool", &["n1"]), &Immutable::default());
+    let t = p.targets.get(&NodeTarget::Vmss("pool".into())).cloned().unwrap_or_default();
+    assert!(t.updates.is_empty(), "the existing object is not rewritten: {:?}", t.updates);
+    assert!(t.deletes.is_empty() && t.creates.is_empty(), "{t:?}");
+    assert!(t.remove.is_empty(), "the victim's identity stays attached");
+    assert!(!t.add.contains(&rid("thief")), "the colliding pod gets nothing");
+}
+
+#[test]
+fn another_namespaces_assignment_of_the_same_resource_id_cannot_detach_it() {
+    // Namespace `evil` names the victim's resource ID with another client ID, on the same node.
+    let rid_victim = format!("{SUB}/victim");
+    let ids = [identity_with("good", "id", &rid_victim, "c-good"), identity_with("evil", "id", &rid_victim, "c-evil")];
+    let bindings = [mk_binding("good", "b", "id", "g"), mk_binding("evil", "b", "id", "e")];
+    let pods = [mk_pod("good", "app", "n1", "g"), mk_pod("evil", "x", "n1", "e")];
+    let before = one(&pods, &ids, &bindings);
+    let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
+    let d = one(&pods[..1], &ids, &bindings);
+    let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
+    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    assert_eq!(t.deletes.len(), 1, "the evil pod's object goes");
+    assert!(!t.deletes[0].unassign);
+    assert!(t.remove.is_empty(), "the good pod still needs the identity: {:?}", t.remove);
+}
+
+#[test]
+fn resource_ids_are_compared_ignoring_case_when_deciding_use() {
+    let upper = format!("{SUB}/Shared").to_ascii_uppercase();
+    let ids = [identity_with("a", "id", &format!("{SUB}/shared"), "c1"), identity_with("b", "id", &upper, "c1")];
+    let bindings = [mk_binding("a", "b", "id", "s"), mk_binding("b", "b", "id", "s2")];
+    let pods = [mk_pod("a", "one", "n1", "s"), mk_pod("b", "two", "n1", "s2")];
+    let before = one(&pods, &ids, &bindings);
+    let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
+    let d = one(&pods[1..], &ids, &bindings);
+    let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
+    assert!(!p.targets[&NodeTarget::Vm("n1".into())].needs_arm(), "the same identity in another case is in use");
+}
+
+#[test]
+fn a_shared_client_id_with_another_resource_id_does_not_keep_an_identity_attached() {
+    let ids = [
+        identity_with("a", "id", &format!("{SUB}/mine"), "same"),
+        identity_with("b", "id", &format!("{SUB}/theirs"), "same"),
+    ];
+    let bindings = [mk_binding("a", "b", "id", "s"), mk_binding("b", "b", "id", "s2")];
+    let pods = [mk_pod("a", "one", "n1", "s"), mk_pod("b", "two", "n1", "s2")];
+    let before = one(&pods, &ids, &bindings);
+    let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
+    let d = one(&pods[1..], &ids, &bindings);
+    let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
+    assert!(p.targets[&NodeTarget::Vm("n1".into())].remove.contains(&rid("mine")));
+}
+
+// === assignments left `Created` ===
+
+#[test]
+fn created_assignment_of_a_deleted_pod_is_detached() {
+    let d = one(
+        &[mk_pod("apps", "demo", "n1", "sel")],
+        &[mk_identity("apps", "myid", 0, "c1")],
+        &[mk_binding("apps", "b", "myid", "sel")],
+    );
+    let cur = current_of(d.values().map(|x| stored(x, "Created")));
+    let p = plan(&BTreeMap::new(), &cur, &vmss_nodes("pool", &["n1"]), &Immutable::default());
+    let t = &p.targets[&NodeTarget::Vmss("pool".into())];
+    assert!(t.deletes[0].unassign, "the ARM write may have happened before MIC died");
+    assert!(t.remove.contains(&rid("myid")));
+}
+
+#[test]
+fn created_assignment_keeps_the_identity_while_another_pod_on_the_scale_set_needs_it() {
+    let ids = [mk_identity("apps", "myid", 0, "c1")];
+    let bindings = [mk_binding("apps", "b", "myid", "sel")];
+    let before = one(&[mk_pod("apps", "a", "n1", "sel"), mk_pod("apps", "b", "n2", "sel")], &ids, &bindings);
+    let cur = current_of(before.values().map(|x| stored(x, "Created")));
+    let d = one(&[mk_pod("apps", "b", "n2", "sel")], &ids, &bindings);
+    let p = plan(&d, &cur, &vmss_nodes("pool", &["n1", "n2"]), &Immutable::default());
+    let t = &p.targets[&NodeTarget::Vmss("pool".into())];
+    assert!(!t.deletes[0].unassign);
+    assert!(t.remove.is_empty());
+}
+
+#[test]
+fn created_assignment_of_an_immutable_identity_is_never_detached() {
+    let d = one(
+        &[mk_pod("apps", "demo", "n1", "sel")],
+        &[mk_identity("apps", "myid", 0, "cluster-id")],
+        &[mk_binding("apps", "b", "myid", "sel")],
+    );
+    let cur = current_of(d.values().map(|x| stored(x, "Created")));
+    let p = plan(&BTreeMap::new(), &cur, &vm_nodes(&["n1"]), &Immutable::new(["CLUSTER-ID"]));
+    assert!(!p.targets[&NodeTarget::Vm("n1".into())].needs_arm());
+}
+
+// === object-name collisions ===
+
+#[test]
+fn the_colliding_pair_is_reported_as_a_conflict() {
+    let victim_id = identity_with("c", "x", &format!("{SUB}/victim"), "c-victim");
+    let victim =
+        one(&[mk_pod("c", "a-b", "n1", "v")], std::slice::from_ref(&victim_id), &[mk_binding("c", "bv", "x", "v")]);
+    let cur = current_of(victim.values().map(|x| stored(x, "Assigned")));
+    let d = one(
+        &[mk_pod("b-c", "a", "n1", "t"), mk_pod("c", "a-b", "n1", "v")],
+        &[identity_with("b-c", "x", &format!("{SUB}/thief"), "c-thief"), victim_id],
+        &[mk_binding("b-c", "bt", "x", "t"), mk_binding("c", "bv", "x", "v")],
+    );
+    let p = plan(&d, &cur, &vmss_nodes("pool", &["n1"]), &Immutable::default());
+    let conflicts: Vec<_> = p.conflicts.iter().map(|c| (c.pod_namespace.as_str(), c.pod.as_str())).collect();
+    assert_eq!(conflicts, [("b-c", "a")]);
+    assert!(!p.is_empty(), "a conflict is reported even when nothing else is to do");
+}
+
+#[test]
+fn with_no_object_yet_the_first_pair_in_key_order_gets_the_name() {
+    let d = one(
+        &[mk_pod("c", "a-b", "n1", "v"), mk_pod("b-c", "a", "n1", "t")],
+        &[mk_identity("c", "x", 0, "c1"), mk_identity("b-c", "x", 0, "c2")],
+        &[mk_binding("c", "bv", "x", "v"), mk_binding("b-c", "bt", "x", "t")],
+    );
+    assert_eq!(d.len(), 2, "both pairs are desired");
+    let p = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
+    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    assert_eq!(t.creates.len(), 1);
+    assert_eq!((t.creates[0].pod_namespace.as_str(), t.creates[0].name.0.as_str()), ("b-c", "a-b-c-x"));
+    assert_eq!(p.conflicts.len(), 1);
+    assert_eq!(p.conflicts[0].pod_namespace, "c");
+}
+
+#[test]
+fn an_existing_assignment_keeps_its_name_against_an_identity_of_a_smaller_namespace() {
+    let pods = [mk_pod("apps", "demo", "n1", "sel")];
+    let ids = [mk_identity("alpha", "myid", 0, "c-alpha"), mk_identity("zeta", "myid", 0, "c-zeta")];
+    let zeta = one(&pods, &ids, &[mk_binding("zeta", "b", "myid", "sel")]);
+    let cur = current_of(zeta.values().map(|x| stored(x, "Assigned")));
+    let d = one(&pods, &ids, &[mk_binding("alpha", "b", "myid", "sel"), mk_binding("zeta", "b", "myid", "sel")]);
+    let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
+    assert!(p.targets.values().all(|t| t.updates.is_empty() && !t.needs_arm()), "{p:?}");
+    assert_eq!(p.conflicts.len(), 1);
+    assert_eq!(p.conflicts[0].identity.namespace, "alpha");
+}
+
+#[test]
+fn a_name_held_by_a_departing_pair_is_freed_first_and_taken_in_the_next_cycle() {
+    let old =
+        one(&[mk_pod("c", "a-b", "n1", "v")], &[mk_identity("c", "x", 0, "c1")], &[mk_binding("c", "bv", "x", "v")]);
+    let cur = current_of(old.values().map(|x| stored(x, "Assigned")));
+    let d = one(
+        &[mk_pod("b-c", "a", "n1", "t")],
+        &[mk_identity("b-c", "x", 0, "c2")],
+        &[mk_binding("b-c", "bt", "x", "t")],
+    );
+    let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
+    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    assert_eq!((t.creates.len(), t.updates.len(), t.deletes.len()), (0, 0, 1), "never rewritten for another pair");
+    assert!(p.conflicts.is_empty(), "the name is free once the old pair is gone: {:?}", p.conflicts);
+    assert_eq!(p.waiting, [AssignedName("a-b-c-x".into())]);
+    let next = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
+    assert_eq!(next.targets[&NodeTarget::Vm("n1".into())].creates.len(), 1);
+}
+
+#[test]
+fn a_second_object_for_the_same_pair_is_deleted_without_detaching() {
+    let d = one(
+        &[mk_pod("apps", "demo", "n1", "sel")],
+        &[mk_identity("apps", "myid", 0, "c1")],
+        &[mk_binding("apps", "b", "myid", "sel")],
+    );
+    let kept = stored(d.values().next().unwrap(), "Assigned");
+    let mut copy = (*kept.object).clone();
+    copy.metadata.namespace = Some("apps".into());
+    let cur = vec![assigned_view(&Arc::new(copy)), kept];
+    let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
+    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    assert_eq!(t.deletes.len(), 1);
+    assert_eq!(t.deletes[0].assigned.namespace, "apps", "the one where the pair's object belongs is kept");
+    assert!(!t.deletes[0].unassign && !t.needs_arm());
 }

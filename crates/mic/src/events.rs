@@ -2,6 +2,10 @@
 //! `<object>.<hex nanos>`, source component `aadpodidentity.k8s.io`, with client-go's spam
 //! filter (a burst of 25 per object, then one per 5 minutes) so a burst of assignments on one
 //! binding cannot flood the API server. Best effort: a failed event is logged, never retried.
+//!
+//! Events are read by whoever may read a namespace's events, so every message is scrubbed here:
+//! GUIDs (client, principal, tenant and subscription IDs) are redacted and Azure resource IDs
+//! replaced, whatever the caller put in (error texts from the API server or ARM included).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,11 +57,26 @@ pub struct Recorder {
     client: Client,
     host: String,
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    /// Events already recorded by [`Recorder::publish_once`], with when.
+    once: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Recorder {
     pub fn new(client: Client, host: impl Into<String>) -> Self {
-        Self { client, host: host.into(), buckets: Arc::default() }
+        Self { client, host: host.into(), buckets: Arc::default(), once: Arc::default() }
+    }
+
+    /// Records an event on `object` unless the same one (object, reason and message) was
+    /// recorded before: for a state that every cycle finds again, such as a name conflict.
+    pub async fn publish_once(&self, object: &ObjectReference, kind: EventType, reason: &str, message: String) {
+        let key = format!("{}\n{reason}\n{message}", object_key(object));
+        let new = match self.once.lock() {
+            Ok(mut once) => remember(&mut once, key, Instant::now()),
+            Err(_) => true,
+        };
+        if new {
+            self.publish(object, kind, reason, message).await;
+        }
     }
 
     /// Takes a token from the object's bucket; false means the event is dropped, as
@@ -71,11 +90,7 @@ impl Recorder {
     pub async fn publish(&self, object: &ObjectReference, kind: EventType, reason: &str, message: String) {
         let name = object.name.clone().unwrap_or_default();
         let namespace = object.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
-        let key = format!(
-            "{}/{namespace}/{name}/{}",
-            object.kind.as_deref().unwrap_or_default(),
-            object.uid.as_deref().unwrap_or_default()
-        );
+        let key = object_key(object);
         if !self.admit(&key) {
             tracing::debug!(object = %key, reason, "Event dropped by the spam filter");
             return;
@@ -89,7 +104,7 @@ impl Recorder {
             },
             involved_object: object.clone(),
             reason: Some(reason.to_owned()),
-            message: Some(message),
+            message: Some(scrub(&message)),
             type_: Some(kind.as_str().to_owned()),
             source: Some(EventSource { component: Some(COMPONENT.to_owned()), host: Some(self.host.clone()) }),
             first_timestamp: Some(Time(now)),
@@ -104,6 +119,80 @@ impl Recorder {
             tracing::warn!(%error, object = %key, reason, "Failed to record event");
         }
     }
+}
+
+/// `kind/namespace/name/uid`: one object, for the spam filter and [`Recorder::publish_once`].
+fn object_key(object: &ObjectReference) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        object.kind.as_deref().unwrap_or_default(),
+        object.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or("default"),
+        object.name.as_deref().unwrap_or_default(),
+        object.uid.as_deref().unwrap_or_default()
+    )
+}
+
+/// Adds `key`; false when it was there. Keeps at most [`MAX_TRACKED`] keys, forgetting the
+/// oldest (a forgotten event may be recorded once more).
+fn remember(seen: &mut HashMap<String, Instant>, key: String, now: Instant) -> bool {
+    if seen.contains_key(&key) {
+        return false;
+    }
+    seen.insert(key, now);
+    while seen.len() > MAX_TRACKED {
+        let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) else { break };
+        seen.remove(&oldest);
+    }
+    true
+}
+
+/// What an event may say: [`redact_guids`], and every Azure resource ID (from `/subscriptions/`
+/// to the next blank, quote or bracket) replaced by `<resource ID>`. A resource ID names a
+/// subscription, a resource group and an identity, possibly of another namespace.
+pub fn scrub(text: &str) -> String {
+    const MARK: &str = "/subscriptions/";
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    while let Some(found) = lower[rest..].find(MARK) {
+        let start = rest + found;
+        let end = text[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`' | ',' | ';' | ')' | ']' | '}' | '>'))
+            .map_or(text.len(), |n| start + n);
+        out.push_str(&text[rest..start]);
+        out.push_str("<resource ID>");
+        rest = end;
+    }
+    out.push_str(&text[rest..]);
+    redact_guids(&out)
+}
+
+/// Redacts every GUID in `text` as client IDs are redacted everywhere (first and last four
+/// characters kept): client, principal, tenant and subscription IDs all look alike.
+pub fn redact_guids(text: &str) -> String {
+    const LEN: usize = 36;
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut copied) = (0, 0);
+    while i + LEN <= bytes.len() {
+        let bounded = (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+            && bytes.get(i + LEN).is_none_or(|b| !b.is_ascii_alphanumeric());
+        if bounded && is_guid(&bytes[i..i + LEN]) {
+            out.push_str(&text[copied..i]);
+            out.push_str(&aadpodid_api::view::redact_client_id(&text[i..i + LEN]));
+            i += LEN;
+            copied = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// `8-4-4-4-12` hexadecimal digits.
+fn is_guid(b: &[u8]) -> bool {
+    b.iter().enumerate().all(|(k, c)| if matches!(k, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
 }
 
 /// One object's token bucket: (tokens, last update).
@@ -170,6 +259,38 @@ mod tests {
         assert!(!admit(&mut buckets, "b", t0 + REFILL / 2));
         assert!(admit(&mut buckets, "b", t0 + REFILL + REFILL / 2), "a token has refilled");
         assert!(admit(&mut buckets, "other", t0), "buckets are per object");
+    }
+
+    #[test]
+    fn events_never_carry_a_guid_or_a_resource_id() {
+        let text = "The client '9a8b7c6d-1111-2222-3333-444455556666' has no access to scope \
+            '/subscriptions/0f0e0d0c-aaaa-bbbb-cccc-ddddeeeeffff/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/theirs', \
+            nor to /SUBSCRIPTIONS/s/x (ID 12345678-1234-1234-1234-1234567890ab).";
+        let out = scrub(text);
+        assert_eq!(
+            out,
+            "The client '9a8b##### REDACTED #####6666' has no access to scope '<resource ID>', \
+            nor to <resource ID> (ID 1234##### REDACTED #####90ab)."
+        );
+        assert_eq!(
+            scrub("binding b applied on node n1 for pod p-ns-id"),
+            "binding b applied on node n1 for pod p-ns-id"
+        );
+        assert_eq!(redact_guids("x9a8b7c6d-1111-2222-3333-444455556666"), "x9a8b7c6d-1111-2222-3333-444455556666");
+        assert_eq!(scrub("naïve /subscriptions/ü"), "naïve <resource ID>");
+    }
+
+    #[test]
+    fn publish_once_remembers_a_bounded_number_of_events() {
+        let mut seen = HashMap::new();
+        let t0 = Instant::now();
+        assert!(remember(&mut seen, "a".into(), t0));
+        assert!(!remember(&mut seen, "a".into(), t0 + REFILL), "the same event is recorded once");
+        for i in 0..MAX_TRACKED {
+            remember(&mut seen, format!("k{i}"), t0 + Duration::from_millis(1 + i as u64));
+        }
+        assert_eq!(seen.len(), MAX_TRACKED);
+        assert!(remember(&mut seen, "a".into(), t0 + REFILL), "the oldest was forgotten");
     }
 
     #[test]

@@ -16,8 +16,9 @@ use aadpodid_api::{AssignedIdentityState, AzureAssignedIdentity, AzureIdentity, 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
-/// Name of an AzureAssignedIdentity: `<pod>-<podNamespace>-<identity>`. The original keys its
-/// maps by this name alone (not by namespace), and so do we.
+/// Name of an AzureAssignedIdentity: `<pod>-<podNamespace>-<identity>`. NMI and users know
+/// assignments by it, so it stays, but it is ambiguous (pod `a-b` in `c` and pod `a` in `b-c`
+/// give the same name): decisions key assignments by [`AssignmentKey`] instead.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AssignedName(pub String);
 
@@ -26,6 +27,21 @@ impl AssignedName {
     pub fn new(pod: &str, pod_namespace: &str, identity: &str) -> Self {
         Self(aadpodid_api::names::assigned_identity_name(pod, pod_namespace, identity))
     }
+}
+
+/// What an assignment is: one pod and one identity, each by namespace and name. Two different
+/// pairs never share a key, whatever their object names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AssignmentKey {
+    pub pod_namespace: String,
+    pub pod: String,
+    pub identity_namespace: String,
+    pub identity: String,
+}
+
+/// A resource ID as ARM compares it: ignoring case and surrounding blanks.
+pub fn normalise_resource_id(id: &str) -> String {
+    id.trim().to_ascii_lowercase()
 }
 
 impl fmt::Display for AssignedName {
@@ -75,7 +91,7 @@ pub struct IdentityView {
     pub object: Arc<AzureIdentity>,
 }
 
-/// Checks an AzureIdentity the way MIC does before using it (§2.6).
+/// Checks an AzureIdentity the way MIC does before using it.
 pub fn identity_view(identity: &Arc<AzureIdentity>) -> Result<IdentityView, InvalidIdentity> {
     let kind = validate_identity(identity)?;
     Ok(IdentityView {
@@ -149,6 +165,7 @@ pub struct AssignedView {
     pub binding_namespace: String,
     pub binding_resource_version: String,
     pub identity_name: String,
+    pub identity_namespace: String,
     pub identity_resource_version: String,
     /// `None` when the embedded identity has an unknown type.
     pub kind: Option<IdentityType>,
@@ -161,6 +178,16 @@ impl AssignedView {
     /// True when this assignment put (or may have put) a user-assigned identity on its node.
     pub fn is_user_assigned(&self) -> bool {
         self.kind == Some(IdentityType::UserAssignedMsi)
+    }
+
+    /// The pair this object records, read from its spec (not from its name).
+    pub fn key(&self) -> AssignmentKey {
+        AssignmentKey {
+            pod_namespace: self.pod_namespace.clone(),
+            pod: self.pod.clone(),
+            identity_namespace: self.identity_namespace.clone(),
+            identity: self.identity_name.clone(),
+        }
     }
 }
 
@@ -181,6 +208,7 @@ pub fn assigned_view(assigned: &Arc<AzureAssignedIdentity>) -> AssignedView {
         binding_namespace: binding.and_then(ResourceExt::namespace).unwrap_or_default(),
         binding_resource_version: binding.and_then(ResourceExt::resource_version).unwrap_or_default(),
         identity_name: id.map(ResourceExt::name_any).unwrap_or_default(),
+        identity_namespace: id.and_then(ResourceExt::namespace).unwrap_or_default(),
         identity_resource_version: id.and_then(ResourceExt::resource_version).unwrap_or_default(),
         kind: id.and_then(|i| identity_type(i).ok()),
         resource_id: id.and_then(|i| i.spec.resource_id.clone()).unwrap_or_default(),

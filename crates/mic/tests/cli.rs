@@ -58,3 +58,31 @@ fn unknown_log_format_is_fatal() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
 }
+
+/// azure.json holds the service principal's secret: MIC's exit message never quotes it.
+#[test]
+fn a_malformed_cloud_config_is_fatal_without_echoing_the_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    )
+    .expect("kubeconfig");
+    let azure_json = dir.path().join("azure.json");
+    let secret = "Sup3r-S3cret-Value";
+    std::fs::write(
+        &azure_json,
+        format!("{{\"aadClientSecret\": \"{secret}\",\n \"useManagedIdentityExtension\": tru e,\n}}"),
+    )
+    .expect("azure.json");
+    let out = mic(
+        &[&format!("--kubeconfig={}", kubeconfig.display()), &format!("--cloudconfig={}", azure_json.display())],
+        &[("MIC_POD_NAMESPACE", "default")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stderr.contains("cloud config"), "{stderr}");
+    assert!(!stderr.contains("S3cret") && !stdout.contains("S3cret"), "{stdout}\n{stderr}");
+}

@@ -404,3 +404,155 @@ async fn fixing_the_cloud_config_file_is_picked_up_without_a_restart() {
     w.wait_assigned(&name).await;
     assert!(w.vmss_has("rldpool", &id));
 }
+
+// === Cross-namespace safety ===
+
+/// The pod's events of `reason` in its namespace.
+async fn pod_events(w: &World, ns: &str, pod: &str, reason: &str) -> Vec<k8s_openapi::api::core::v1::Event> {
+    let all = w.events_in(ns).await;
+    all.into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason) && e.involved_object.name.as_deref() == Some(pod))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_colliding_name_in_another_namespace_cannot_take_over_an_assignment() {
+    let _serial = serial().await;
+    let w = World::new("coll").await;
+    let nodes = w.vmss_nodes("collpool", 1).await;
+    let victim = w.identity("x").await;
+    w.binding("bv", "x", "v").await;
+    w.pod("a", &nodes[0], "v").await;
+    let _mic = w.start_mic("mic-coll", &[]);
+    // Pod `a` in `mic-coll` and pod `a-mic` in `coll` both give `a-mic-coll-x`; `coll` sorts first.
+    let name = w.assigned_name("a", "x");
+    assert_eq!(name, "a-mic-coll-x");
+    w.wait_assigned(&name).await;
+    let before = w.assigned_object(&name).await.expect("victim's assigned identity");
+
+    let evil = "coll";
+    w.namespace(evil).await;
+    let thief = w.sim.create_user_assigned_identity("id-rg", "coll-thief");
+    w.identity_in(evil, "x", &thief.id, &thief.client_id).await;
+    w.binding_in(evil, "bt", "x", "t").await;
+    w.pod_in(evil, "a-mic", &nodes[0], "t").await;
+
+    let outcome = eventually("a conflict event on the colliding pod, or a takeover", DEADLINE, || async {
+        let now = w.assigned_object(&name).await;
+        if now.as_ref().map(|a| &a.spec.pod) != Some(&before.spec.pod) || w.vmss_has("collpool", &thief) {
+            return Some("taken over");
+        }
+        let events = pod_events(&w, evil, "a-mic", "binding apply error").await;
+        (!events.is_empty()).then_some("refused")
+    })
+    .await;
+    assert_eq!(outcome, "refused");
+    let after = w.assigned_object(&name).await.expect("victim's assigned identity");
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "not rewritten");
+    assert_eq!((after.spec.pod_namespace.as_deref(), after.spec.pod.as_deref()), (Some(w.ns.as_str()), Some("a")));
+    assert!(w.vmss_has("collpool", &victim), "the victim keeps its identity");
+    assert!(!w.vmss_has("collpool", &thief), "the colliding pod gets nothing");
+    let event = &pod_events(&w, evil, "a-mic", "binding apply error").await[0];
+    let message = event.message.clone().unwrap_or_default();
+    assert!(message.contains(&name), "{message}");
+    let lower = message.to_ascii_lowercase();
+    assert!(!lower.contains(&victim.id.to_ascii_lowercase()) && !message.contains(&victim.client_id), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_namespace_naming_the_same_resource_id_cannot_detach_it() {
+    let _serial = serial().await;
+    let w = World::new("detach").await;
+    let nodes = w.vmss_nodes("detpool", 1).await;
+    let id = w.identity("id").await;
+    w.binding("b", "id", "good").await;
+    w.pod("app", &nodes[0], "good").await;
+    let evil = "mic-detach-evil";
+    w.namespace(evil).await;
+    w.identity_in(evil, "id", &id.id, "00000000-0000-0000-0000-00000000e0e0").await;
+    w.binding_in(evil, "b", "id", "evil").await;
+    w.pod_in(evil, "x", &nodes[0], "evil").await;
+    let _mic = w.start_mic("mic-detach", &[]);
+    let evil_name = format!("x-{evil}-id");
+    w.wait_assigned(&w.assigned_name("app", "id")).await;
+    w.wait_assigned(&evil_name).await;
+
+    w.delete_pod_in(evil, "x").await;
+    w.wait_gone(&evil_name).await;
+    assert!(w.vmss_has("detpool", &id), "the good pod still needs the identity");
+    assert_eq!(w.assigned_status(&w.assigned_name("app", "id")).await.as_deref(), Some("Assigned"));
+}
+
+// === Assignments left `Created` ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_created_assignment_left_by_a_killed_mic_is_detached_once_its_pod_is_gone() {
+    let _serial = serial().await;
+    let w = World::new("killed").await;
+    let nodes = w.vmss_nodes("killpool", 1).await;
+    let vm = w.vm_node("kill-vm").await;
+    let id = w.identity("id").await;
+    let binding = w.binding("b", "id", "app").await;
+    let identity: kube::Api<aadpodid_api::AzureIdentity> = kube::Api::namespaced(w.client.clone(), &w.ns);
+    let identity = identity.get("id").await.expect("identity");
+    let on_vmss = w.pod_in(&w.ns, "s", &nodes[0], "app").await;
+    let on_vm = w.pod_in(&w.ns, "v", &vm, "app").await;
+    // What a MIC killed between its ARM write and marking the objects `Assigned` leaves behind.
+    w.attach_by_hand("virtualMachineScaleSets", "killpool", &id.id).await;
+    w.attach_by_hand("virtualMachines", &vm, &id.id).await;
+    let a1 = w.created_assignment(&on_vmss, &identity, &binding).await;
+    let a2 = w.created_assignment(&on_vm, &identity, &binding).await;
+    assert!(w.vmss_has("killpool", &id) && w.vm_has(&vm, &id));
+    w.delete_pod("s").await;
+    w.delete_pod("v").await;
+
+    let _mic = w.start_mic("mic-killed", &[]);
+    w.wait_gone(&a1).await;
+    w.wait_gone(&a2).await;
+    eventually("identity left the VMSS", DEADLINE, || async { (!w.vmss_has("killpool", &id)).then_some(()) }).await;
+    eventually("identity left the VM", DEADLINE, || async { (!w.vm_has(&vm, &id)).then_some(()) }).await;
+}
+
+// === What Events say ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn arm_errors_in_events_carry_no_client_id_and_no_other_namespaces_identity() {
+    let _serial = serial().await;
+    let w = World::new("evtext").await;
+    let nodes = w.vmss_nodes("evpool", 1).await;
+    w.identity("mine").await;
+    w.binding("b", "mine", "mine").await;
+    w.pod("app", &nodes[0], "mine").await;
+    let other = "mic-evtext-other";
+    w.namespace(other).await;
+    let theirs = w.sim.create_user_assigned_identity("id-rg", "evtext-theirs");
+    w.identity_in(other, "theirs", &theirs.id, &theirs.client_id).await;
+    w.binding_in(other, "b", "theirs", "theirs").await;
+    w.pod_in(other, "app", &nodes[0], "theirs").await;
+    // ARM relays text naming a principal and a resource of someone else, as LinkedAuthorizationFailed does.
+    let principal = "9a8b7c6d-1111-2222-3333-444455556666";
+    let message = format!(
+        "The client '{principal}' with object id '{principal}' does not have authorization to perform action \
+         'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' over scope '{}'",
+        theirs.id
+    );
+    let code = "LinkedAuthorizationFailed".to_owned();
+    w.sim.inject(Fault::new(Face::Arm, FaultKind::FailOperation { code, message }).operation("vmss_update"));
+    let _mic = w.start_mic("mic-evtext", &["--update-user-msi-max-retry=1"]);
+
+    let events = eventually("binding apply error on our pod", DEADLINE, || async {
+        let e = pod_events(&w, &w.ns, "app", "binding apply error").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    let ours = w.events_in(&w.ns).await;
+    assert!(!events.is_empty());
+    for e in &ours {
+        let text = e.message.clone().unwrap_or_default();
+        let lower = text.to_ascii_lowercase();
+        assert!(!lower.contains(&theirs.id.to_ascii_lowercase()), "another namespace's identity: {text}");
+        assert!(!lower.contains("evtext-theirs"), "another namespace's identity: {text}");
+        assert!(!text.contains(principal), "a full client ID: {text}");
+        assert!(!text.contains(&theirs.client_id), "a full client ID: {text}");
+    }
+}

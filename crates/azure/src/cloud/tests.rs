@@ -215,3 +215,23 @@ fn numeric_looking_scalars_are_read_as_their_text() {
     let config = CloudConfig::from_yaml("subscriptionId: 00123\nresourceGroup: 42\n").unwrap();
     assert_eq!((config.subscription_id.as_str(), config.resource_group.as_str()), ("00123", "42"));
 }
+
+/// azure.json holds the service principal's secret: a parse error names the place, never the text.
+#[test]
+fn a_parse_error_never_echoes_the_file() {
+    let secret = "Sup3r-S3cret-Value";
+    for text in [
+        format!("{{\"aadClientSecret\": \"{secret}\",\n \"useManagedIdentityExtension\": tru e,\n}}"),
+        format!("{{\"aadClientSecret\": \"{secret}\", \"useManagedIdentityExtension\": \"{secret}\"}}"),
+        format!("{{\"aadClientSecret\": \"{secret}\"\n\"tenantId\": \"t\"}}"),
+        format!("aadClientSecret: {secret}\n  bad: [indent\n"),
+        format!("{{\"aadClientSecret\": [\"{secret}\"]}}"),
+    ] {
+        let file = write_temp(&text);
+        let err = CloudConfig::from_file(file.path()).unwrap_err();
+        let shown = format!("{err} / {err:?} / {:?}", std::error::Error::source(&err));
+        assert!(matches!(err, CloudError::ParseConfig { .. }), "{shown}");
+        assert!(!shown.contains("S3cret"), "the error echoes the file: {shown}");
+        assert!(shown.contains("line "), "the error says where: {shown}");
+    }
+}

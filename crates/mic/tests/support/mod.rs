@@ -14,7 +14,7 @@ use aadpodid_api::{
 use aadpodid_azure_sim::{IdentityInfo, RunningSim, SimConfig, Simulator};
 use aadpodid_mic::Env;
 use clap::Parser;
-use k8s_openapi::api::core::v1::{Container, Namespace, Node, NodeSpec, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Event, Namespace, Node, NodeSpec, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Mutex, MutexGuard, oneshot};
@@ -165,26 +165,45 @@ impl World {
     /// An Azure identity (type 0) in the simulator and its AzureIdentity in the test namespace.
     pub async fn identity(&self, name: &str) -> IdentityInfo {
         let info = self.sim.create_user_assigned_identity("id-rg", &format!("{}-{name}", self.tag));
+        self.identity_in(&self.ns, name, &info.id, &info.client_id).await;
+        info
+    }
+
+    /// An AzureIdentity (type 0) in `ns` naming any resource and client ID (nothing in the simulator).
+    pub async fn identity_in(&self, ns: &str, name: &str, resource_id: &str, client_id: &str) -> AzureIdentity {
         let id = AzureIdentity {
-            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(self.ns.clone()), ..Default::default() },
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.to_owned()), ..Default::default() },
             spec: AzureIdentitySpec {
                 type_: Some(0),
-                resource_id: Some(info.id.clone()),
-                client_id: Some(info.client_id.clone()),
+                resource_id: Some(resource_id.to_owned()),
+                client_id: Some(client_id.to_owned()),
                 ..Default::default()
             },
             status: None,
         };
-        Api::<AzureIdentity>::namespaced(self.client.clone(), &self.ns)
+        Api::<AzureIdentity>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &id)
             .await
-            .expect("create AzureIdentity");
-        info
+            .expect("create AzureIdentity")
     }
 
-    pub async fn binding(&self, name: &str, identity: &str, selector: &str) {
+    /// A namespace besides the test's own (left in place; `reset` empties it).
+    pub async fn namespace(&self, ns: &str) {
+        let nsapi: Api<Namespace> = Api::all(self.client.clone());
+        let nsobj = Namespace {
+            metadata: ObjectMeta { name: Some(ns.to_owned()), ..Default::default() },
+            ..Default::default()
+        };
+        let _ = nsapi.create(&PostParams::default(), &nsobj).await;
+    }
+
+    pub async fn binding(&self, name: &str, identity: &str, selector: &str) -> AzureIdentityBinding {
+        self.binding_in(&self.ns, name, identity, selector).await
+    }
+
+    pub async fn binding_in(&self, ns: &str, name: &str, identity: &str, selector: &str) -> AzureIdentityBinding {
         let b = AzureIdentityBinding {
-            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(self.ns.clone()), ..Default::default() },
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.to_owned()), ..Default::default() },
             spec: AzureIdentityBindingSpec {
                 azure_identity: Some(identity.into()),
                 selector: Some(selector.into()),
@@ -192,17 +211,21 @@ impl World {
             },
             status: None,
         };
-        Api::<AzureIdentityBinding>::namespaced(self.client.clone(), &self.ns)
+        Api::<AzureIdentityBinding>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &b)
             .await
-            .expect("create AzureIdentityBinding");
+            .expect("create AzureIdentityBinding")
     }
 
     pub async fn pod(&self, name: &str, node: &str, selector: &str) {
+        self.pod_in(&self.ns, name, node, selector).await;
+    }
+
+    pub async fn pod_in(&self, ns: &str, name: &str, node: &str, selector: &str) -> Pod {
         let pod = Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                namespace: Some(self.ns.clone()),
+                namespace: Some(ns.to_owned()),
                 labels: Some([("aadpodidbinding".to_owned(), selector.to_owned())].into()),
                 ..Default::default()
             },
@@ -213,17 +236,75 @@ impl World {
             }),
             status: None,
         };
-        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
-            .create(&PostParams::default(), &pod)
-            .await
-            .expect("create pod");
+        Api::<Pod>::namespaced(self.client.clone(), ns).create(&PostParams::default(), &pod).await.expect("create pod")
     }
 
     pub async fn delete_pod(&self, name: &str) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        self.delete_pod_in(&self.ns, name).await;
+    }
+
+    /// Deletes a pod and waits until it is gone.
+    pub async fn delete_pod_in(&self, ns: &str, name: &str) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         api.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
             .await
             .expect("delete pod");
+        let what = format!("pod {ns}/{name} deleted");
+        eventually(&what, DEADLINE, || async { api.get_opt(name).await.ok()?.is_none().then_some(()) }).await;
+    }
+
+    /// One AzureAssignedIdentity in `default`, `None` when absent.
+    pub async fn assigned_object(&self, name: &str) -> Option<AzureAssignedIdentity> {
+        let api: Api<AzureAssignedIdentity> = Api::namespaced(self.client.clone(), "default");
+        api.get_opt(name).await.expect("get assigned identity")
+    }
+
+    /// Writes the AzureAssignedIdentity MIC writes before its ARM call (status `Created`), in
+    /// `default`, as a MIC killed right after that call would leave it.
+    pub async fn created_assignment(
+        &self,
+        pod: &Pod,
+        identity: &AzureIdentity,
+        binding: &AzureIdentityBinding,
+    ) -> String {
+        let (pod_name, pod_ns) = (pod.name_any(), pod.namespace().unwrap_or_default());
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let name = format!("{pod_name}-{pod_ns}-{}", identity.name_any());
+        let obj: AzureAssignedIdentity = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
+            "metadata": {"name": name, "namespace": "default", "labels": {"nodename": node},
+                "finalizers": ["azureassignedidentity.finalizers.aadpodidentity.k8s.io"]},
+            "spec": {"azureIdentityRef": identity, "azureBindingRef": binding,
+                "pod": pod_name, "podNamespace": pod_ns, "nodename": node},
+            "status": {"status": "Created", "availableReplicas": 1}
+        }))
+        .expect("assigned identity");
+        Api::<AzureAssignedIdentity>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create assigned identity");
+        name
+    }
+
+    /// Attaches an identity to a VM or scale set through ARM, as MIC's ARM write would.
+    pub async fn attach_by_hand(&self, kind: &str, name: &str, resource_id: &str) {
+        let url = format!(
+            "{}/subscriptions/{}/resourceGroups/{RG}/providers/Microsoft.Compute/{kind}/{name}?api-version=2019-12-01",
+            self.sim.arm_url(),
+            self.sim.subscription_id(),
+        );
+        let token = self.sim.arm_token().expect("arm token");
+        let body =
+            serde_json::json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {resource_id: {}}}});
+        let resp = reqwest::Client::new().patch(url).bearer_auth(token).json(&body).send().await.expect("attach");
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
+        eventually("ARM operations done", DEADLINE, || async { self.sim.all_operations_done().then_some(()) }).await;
+    }
+
+    /// The events recorded in `ns`.
+    pub async fn events_in(&self, ns: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default()
     }
 
     pub fn assigned_name(&self, pod: &str, identity: &str) -> String {
