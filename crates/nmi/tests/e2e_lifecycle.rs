@@ -4,7 +4,7 @@
 //! server (testkit), the simulator's IMDS behind a tap that records which sources reach it,
 //! pods in their own namespaces.
 //!
-//! Needs root, `ip`, `iptables` and `curl`.
+//! Needs root, `ip`, `iptables`, `curl` and Python 3 with azure-identity.
 
 mod support;
 
@@ -22,6 +22,7 @@ use support::cluster::{Nmi, NodeSetup, assign, create_pod, prepare_node};
 use support::lifecycle::{HeldRelay, ImdsTap, Prober, Reply, get};
 use support::{jwt_claims, require_root, require_tool};
 
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/imds_client.py");
 const OWN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
 
 struct Env {
@@ -40,6 +41,7 @@ async fn env() -> (Env, Pod) {
     require_tool("ip", &["-V"], "apt-get install -y iproute2");
     require_tool("iptables", &["--version"], "apt-get install -y iptables");
     require_tool("curl", &["--version"], "apt-get install -y curl");
+    require_tool("python3", &["-c", "import azure.identity"], "pip install -r tests/python/requirements.txt");
     let cp = aadpodid_testkit::shared();
     let client = cp.client();
     aadpodid_testkit::install_crds(&client).await.expect("CRDs install");
@@ -94,6 +96,19 @@ impl Env {
     }
 }
 
+/// azure-identity's `ManagedIdentityCredential` in `pod` (a blocking child process).
+fn python_sdk(pod: &Pod) -> impl Future<Output = Value> + use<> {
+    let mut cmd = pod.command("python3");
+    cmd.arg(CLIENT).args(["sdk", "https://vault.azure.net"]).env_remove("AZURE_POD_IDENTITY_AUTHORITY_HOST");
+    cmd.stdin(std::process::Stdio::null());
+    async move {
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("not JSON: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
 /// The `appid` of the token in a 200 reply.
 fn appid(reply: &Reply) -> String {
     let Reply::Http { status: 200, body, .. } = reply else { panic!("no token: {reply:?}") };
@@ -121,8 +136,19 @@ async fn until_the_watches_sync_pods_get_503_and_never_the_node_imds() {
     assert_eq!(nmi.healthz(&e.node), "Not Active", "Active only once the caches have synced");
     assert!(e.tap.hits_from(pod.ip).is_empty(), "the pod reached the node's IMDS while NMI was starting");
 
+    let not_ready = || nmi.log_text().matches("Not ready: caches not synced").count();
+    let before = not_ready();
+    let sdk = tokio::spawn(python_sdk(&pod));
+    aadpodid_testkit::poll_until("the SDK's first request answered 503", Duration::from_secs(30), || async {
+        (not_ready() > before).then_some(())
+    })
+    .await
+    .unwrap();
     relay.release();
     nmi.wait_active(&e.node).await;
+    let out = sdk.await.unwrap();
+    assert_eq!(out["ok"], true, "the SDK retries through the 503s: {out}");
+    assert_eq!(jwt_claims(out["token"].as_str().unwrap())["appid"], e.ids[0].client_id.as_str());
     assert_eq!(appid(&get(&pod, OWN).await), e.ids[0].client_id, "once synced, the pod's own identity");
     assert_eq!(get(&pod, &e.other()).await.status(), Some(404), "and never another");
     assert!(e.tap.hits_from(pod.ip).is_empty(), "the pod never reached the node's IMDS");
