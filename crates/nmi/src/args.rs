@@ -99,9 +99,16 @@ pub struct Args {
     /// Kubeconfig; otherwise in-cluster configuration.
     #[arg(long = "kubeconfig", env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Seconds to wait after removing the rules on SIGTERM before exiting (the original: 10).
+    /// Seconds NMI keeps serving after SIGTERM/SIGINT before it removes the rules and exits
+    /// (the original waits 10 s too, but after removing the rules).
     #[arg(long = "termination-wait-sec", env = "NMI_TERMINATION_WAIT_SEC", default_value_t = 10, hide = true)]
     pub termination_wait_sec: u64,
+    /// Leave the iptables rules in place on exit, so that until NMI is back pods' IMDS
+    /// connections are refused instead of reaching the node's IMDS (and every identity on it).
+    /// Uninstalling then leaves the rules on the nodes; remove them by hand.
+    #[arg(long = "keep-rules-on-exit", num_args = 0..=1, default_missing_value = "true", require_equals = true,
+        default_value = "false")]
+    pub keep_rules_on_exit: bool,
     /// PEM file of extra root CAs for Azure AD (e.g. a simulator's); not in the original.
     #[arg(long = "extra-root-ca-file", env = "AADPODID_EXTRA_ROOT_CA_FILE", hide = true)]
     pub extra_root_ca_file: Option<PathBuf>,
@@ -144,6 +151,7 @@ mod tests {
         assert_eq!(a.kubelet_config, PathBuf::from("/etc/default/kubelet"));
         assert_eq!(a.termination_wait_sec, 10);
         assert_eq!(a.mic_service_account, "aad-pod-id-mic-service-account");
+        assert!(!a.keep_rules_on_exit, "the rules are removed on exit unless asked otherwise");
     }
 
     #[test]
@@ -155,6 +163,13 @@ mod tests {
         );
         let err = Args::try_parse_from(["nmi", "--mic-service-account=default"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn keep_rules_on_exit_takes_go_bool_forms() {
+        assert!(parse(&["nmi", "--keep-rules-on-exit"]).keep_rules_on_exit);
+        assert!(parse(&["nmi", "-keep-rules-on-exit=true"]).keep_rules_on_exit);
+        assert!(!parse(&["nmi", "--keep-rules-on-exit=false"]).keep_rules_on_exit);
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! main → run ─┬─ iptables (chain aad-metadata, reconciled)
 //!             ├─ store (kube reflectors) ──► NodeState ──┐
 //!             ├─ tokens (IMDS / Azure AD + cache) ──────┴─► server (axum; no kube)
+//!             ├─ gate (503 until the caches sync) ──────────► in front of server
 //!             └─ probes, metrics                               query, select, errors: pure
 //! ```
 
 pub mod args;
 pub mod cache;
 pub mod errors;
+pub mod gate;
 pub mod iptables;
 pub mod metrics;
 pub mod query;

@@ -1,20 +1,26 @@
-//! Start-up and shutdown in the original's order (upstream §3.2): kubenet guard, watches and
-//! their first sync, probe and metrics servers, the NMI listener, then the iptables loop that
-//! marks `/healthz` Active after its first pass. On SIGTERM/SIGINT: remove the rules, wait,
-//! exit. Wiring only; every decision lives in the other modules.
+//! Start-up and shutdown, ordered so that pods never reach the node's IMDS while NMI runs:
+//! kubenet guard; bind the listener; install the iptables rules (and delete conntrack entries);
+//! probe and metrics servers; then the watches, with a readiness gate answering 503 until
+//! they have synced (`/healthz` turns Active then). On SIGTERM/SIGINT NMI keeps serving through
+//! the termination wait and removes the rules last, just before exit (or leaves them with
+//! `--keep-rules-on-exit`). A fatal error leaves the rules, as the original's fatal exit does:
+//! pods get connection refused until NMI is back. Wiring only; decisions live elsewhere.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aadpodid_azure::HttpOptions;
 use aadpodid_azure::token::{AadClient, ImdsClient};
 use aadpodid_runtime::{Health, LogFormat};
-use anyhow::{Context, bail};
-use tokio::sync::mpsc;
+use anyhow::{Context, anyhow, bail};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::args::Args;
-use crate::iptables::{self, Rules};
+use crate::gate::{self, Gate, Readiness};
+use crate::iptables::{self, Iptables, Rules};
 use crate::metrics::Metrics;
 use crate::select::{MicIdentity, RetryPolicy};
 use crate::server::{self, AppState, Config, Mode};
@@ -28,35 +34,74 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mode = parse_mode(&args.operation_mode)?;
     preflight(&args, mode)?;
     tracing::info!(node = %args.node, mode = ?mode, version = aadpodid_runtime::VERSION, "Starting NMI");
+    let http = http_options(&args)?;
+    let signal_rx = spawn_signal_listener();
 
+    let listener = bind(&args).await?;
+    let rules = Rules::new(args.metadata_ip, args.metadata_port, args.listen_address, args.nmi_port);
+    install(&rules, args.enable_conntrack_deletion.then_some((args.metadata_ip, args.metadata_port))).await?;
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
+    let period = Duration::from_secs(args.ipt_update_interval_sec.max(1));
+    let reconciler = Reconciler::spawn(rules, period, fatal_tx.clone());
+    let outcome = match start(&args, mode, http, listener, fatal_tx).await {
+        Ok(()) => tokio::select! {
+            _ = signal_rx => Ok(()),
+            Some(err) = fatal_rx.recv() => Err(err),
+        },
+        Err(err) => Err(err),
+    };
+    match outcome {
+        Ok(()) => terminate(&args, reconciler, &mut fatal_rx).await,
+        Err(err) => {
+            tracing::error!(chain = iptables::CHAIN, "Fatal error; the iptables rules stay, so pods are refused");
+            Err(err)
+        }
+    }
+}
+
+/// Listens for SIGTERM/SIGINT from the start, so a signal during start-up is not the default
+/// (immediate) exit.
+fn spawn_signal_listener() -> oneshot::Receiver<()> {
+    let (signal_tx, signal_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        aadpodid_runtime::shutdown_signal().await;
+        let _ = signal_tx.send(());
+    });
+    signal_rx
+}
+
+/// Everything after the rules: probe and metrics servers, the watches, and the listener
+/// behind the readiness gate. Never waits on the API server.
+async fn start(
+    args: &Args,
+    mode: Mode,
+    http: HttpOptions,
+    listener: TcpListener,
+    fatal_tx: mpsc::Sender<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let health = Health::new();
+    spawn_admin(args, health.clone(), metrics.clone());
     let agent = aadpodid_runtime::user_agent("NMI", Some(&args.custom_user_agent));
     let client = aadpodid_runtime::kube_client(args.kubeconfig.as_deref(), &agent).await?;
     let (store, _watches) = KubeStore::start(&client, &args.node, mode, args.enable_scale_features);
-    tokio::select! {
-        ready = store.ready() => ready.context("watch caches stopped before their first sync")?,
-        () = aadpodid_runtime::shutdown_signal() => return Ok(()),
-    }
-    tracing::info!("Watch caches synced");
-
-    let metrics = Metrics::new()?;
-    let health = Health::new();
-    spawn_admin(&args, health.clone(), metrics.clone());
+    let readiness = Readiness::new();
+    spawn_sync(store.clone(), readiness.clone(), health, fatal_tx.clone());
     let tokens = Arc::new(AzureTokens::new(
         ImdsClient::new(&format!("http://{}:{}", args.metadata_ip, args.metadata_port))?,
-        AadClient::new(&http_options(&args)?)?,
+        AadClient::new(&http)?,
         Arc::new(KubeSecrets(client)),
         metrics.clone(),
     ));
-    let state = AppState::new(config(&args, mode), Arc::new(store), tokens, metrics);
-    let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
-    spawn_listener(&args, state, fatal_tx.clone()).await?;
-    spawn_iptables(&args, health, fatal_tx);
-
-    let outcome = tokio::select! {
-        () = aadpodid_runtime::shutdown_signal() => Ok(()),
-        Some(err) = fatal_rx.recv() => Err(err),
+    let state = AppState::new(config(args, mode), Arc::new(store), tokens, metrics);
+    let gate = Gate {
+        readiness,
+        block_instance_metadata: args.block_instance_metadata,
+        metadata_header_required: args.metadata_header_required,
     };
-    shutdown(Duration::from_secs(args.termination_wait_sec)).await.and(outcome)
+    let router = server::router(state).layer(axum::middleware::from_fn_with_state(gate, gate::guard));
+    serve(listener, router, fatal_tx);
+    Ok(())
 }
 
 fn parse_mode(mode: &str) -> anyhow::Result<Mode> {
@@ -128,64 +173,116 @@ fn spawn_admin(args: &Args, health: Health, metrics: Metrics) {
     }
 }
 
-/// Binds the NMI listener before any rule points at it, then serves in the background.
-async fn spawn_listener(args: &Args, state: AppState, fatal: mpsc::Sender<anyhow::Error>) -> anyhow::Result<()> {
+/// Binds the NMI listener, before any rule points at it.
+async fn bind(args: &Args) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::from((args.listen_address, args.nmi_port));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "Listening");
-    let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    Ok(listener)
+}
+
+/// Serves the NMI router in the background; a listener failure is fatal.
+fn serve(listener: TcpListener, router: axum::Router, fatal_tx: mpsc::Sender<anyhow::Error>) {
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
-            let _ = fatal.send(anyhow::Error::new(err).context("NMI listener failed")).await;
+            let _ = fatal_tx.send(anyhow::Error::new(err).context("NMI listener failed")).await;
         }
     });
-    Ok(())
 }
 
-/// Installs the rules, marks the probe Active, then re-checks every interval. Any iptables
-/// error is fatal, as in the original.
-fn spawn_iptables(args: &Args, health: Health, fatal: mpsc::Sender<anyhow::Error>) {
-    let rules = Rules::new(args.metadata_ip, args.metadata_port, args.listen_address, args.nmi_port);
-    let period = Duration::from_secs(args.ipt_update_interval_sec.max(1));
-    let conntrack = args.enable_conntrack_deletion.then_some((args.metadata_ip, args.metadata_port));
+/// Opens the gate and marks `/healthz` Active once every cache has synced (the rules are in
+/// by then: they go in before the watches start).
+fn spawn_sync(store: KubeStore, readiness: Readiness, health: Health, fatal_tx: mpsc::Sender<anyhow::Error>) {
     tokio::spawn(async move {
-        let result = iptables_loop(rules, period, conntrack, health).await;
-        if let Err(err) = result {
-            let _ = fatal.send(err).await;
+        match store.ready().await {
+            Ok(()) => {
+                readiness.set_ready();
+                health.set_active(true);
+                tracing::info!("Watch caches synced; serving tokens");
+            }
+            Err(_) => {
+                let _ = fatal_tx.send(anyhow!("watch caches stopped before their first sync")).await;
+            }
         }
     });
 }
 
-async fn iptables_loop(
-    rules: Rules,
-    period: Duration,
-    conntrack: Option<(std::net::Ipv4Addr, u16)>,
-    health: Health,
-) -> anyhow::Result<()> {
-    let ipt = iptables::Iptables::default();
-    rules.ensure(&ipt).await?;
+/// The first rule install, then (with `--enable-conntrack-deletion`) forgetting tracked
+/// connections to IMDS so that pods' open connections are redirected too. Errors are fatal.
+async fn install(rules: &Rules, conntrack: Option<(Ipv4Addr, u16)>) -> anyhow::Result<()> {
+    rules.ensure(&Iptables::default()).await?;
     if let Some((ip, port)) = conntrack {
         iptables::delete_conntrack(ip, port).await?;
     }
-    health.set_active(true);
     tracing::info!(chain = iptables::CHAIN, "iptables rules installed");
+    Ok(())
+}
+
+/// The periodic rule check. Stopped between passes, so no pass runs after the clean-up.
+struct Reconciler {
+    stop_tx: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Reconciler {
+    /// Re-checks every `period`; any iptables error is fatal, as in the original.
+    fn spawn(rules: Rules, period: Duration, fatal_tx: mpsc::Sender<anyhow::Error>) -> Self {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            if let Err(err) = reconcile(rules, period, stop_rx).await {
+                let _ = fatal_tx.send(err).await;
+            }
+        });
+        Self { stop_tx, task }
+    }
+
+    /// Stops the loop and waits for a pass in progress to finish.
+    async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn reconcile(rules: Rules, period: Duration, mut stop_rx: oneshot::Receiver<()>) -> anyhow::Result<()> {
+    let ipt = Iptables::default();
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            biased;
+            _ = &mut stop_rx => return Ok(()),
+            _ = ticker.tick() => {}
+        }
         if rules.ensure(&ipt).await? {
             tracing::warn!(chain = iptables::CHAIN, "iptables rules were altered; repaired");
         }
     }
 }
 
-/// The original's `handleTermination`: remove the rules, wait, report.
-async fn shutdown(wait: Duration) -> anyhow::Result<()> {
-    let cleaned = iptables::cleanup(&iptables::Iptables::default()).await;
+/// After SIGTERM/SIGINT: keep serving through the termination wait, stop the reconciler,
+/// then remove the rules as the last step (unless `--keep-rules-on-exit`). The original
+/// removes them first and then waits, leaving pods on the node's IMDS for the whole wait.
+async fn terminate(
+    args: &Args,
+    reconciler: Reconciler,
+    fatal_rx: &mut mpsc::Receiver<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let wait = Duration::from_secs(args.termination_wait_sec);
+    tracing::info!(wait_secs = args.termination_wait_sec, "Serving through the termination wait");
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        Some(err) = fatal_rx.recv() => return Err(err),
+    }
+    reconciler.stop().await;
+    if args.keep_rules_on_exit {
+        tracing::info!(chain = iptables::CHAIN, "Leaving the iptables rules in place (--keep-rules-on-exit)");
+        return Ok(());
+    }
+    let cleaned = iptables::cleanup(&Iptables::default()).await;
     match &cleaned {
         Ok(()) => tracing::info!(chain = iptables::CHAIN, "iptables rules removed"),
         Err(error) => tracing::error!(%error, "Failed to remove iptables rules"),
     }
-    tokio::time::sleep(wait).await;
     cleaned.context("removing iptables rules")
 }

@@ -1,6 +1,7 @@
 //! The probe and metrics HTTP servers. `/healthz` answers 200 always, with the body the
 //! original's e2e tests and dashboards read: `Active` once this replica does its job
-//! (MIC: leading and syncing; NMI: iptables rules installed), `Not Active` before.
+//! (MIC: leading and syncing; NMI: iptables rules installed and watch caches synced),
+//! `Not Active` before.
 //! No pprof or other debug handlers are exposed (a deliberate difference, for security).
 
 use std::future::Future;

@@ -372,6 +372,17 @@ fn optional_mic_flags_render_only_when_set() {
 }
 
 #[test]
+fn nmi_keep_rules_on_exit_renders_only_when_set() {
+    let flag = "- --keep-rules-on-exit=true";
+    let default = docs(&template(&[]));
+    let nmi = find(&default, "DaemonSet", "aad-pod-identity-nmi").unwrap();
+    assert!(!nmi.text.contains("keep-rules-on-exit"), "off by default: NMI removes its rules on exit");
+    let kept = docs(&template(&["nmi.keepRulesOnExit=true"]));
+    let nmi = find(&kept, "DaemonSet", "aad-pod-identity-nmi").unwrap();
+    assert!(nmi.text.contains(flag), "NMI lacks {flag:?}:\n{}", nmi.text);
+}
+
+#[test]
 fn azure_identities_render_pairs() {
     let rendered = template_with_file(
         r#"

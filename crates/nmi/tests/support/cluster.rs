@@ -31,6 +31,9 @@ pub struct NodeSetup {
     /// Azure AD's HTTPS base as NMI sees it (`https://127.0.0.1:<port>/`).
     pub aad_in_node: String,
     pub ca_file: PathBuf,
+    /// The API server as the test process reaches it, and its relay inside the node.
+    pub api_addr: SocketAddr,
+    pub api_relay: SocketAddr,
 }
 
 /// Relays the API server and the simulator's Azure AD into the node and writes a kubeconfig
@@ -61,10 +64,22 @@ pub fn prepare_node(
         dir,
         aad_in_node: format!("https://{aad_relay}/"),
         ca_file,
+        api_addr,
+        api_relay: relay,
     }
 }
 
 impl NodeSetup {
+    /// A kubeconfig like [`NodeSetup::kubeconfig`] but reaching the API server through `relay`
+    /// (an address inside the node).
+    pub fn kubeconfig_via(&self, relay: SocketAddr) -> PathBuf {
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let path = self.dir.path().join(format!("kubeconfig-{}", relay.port()));
+        std::fs::write(&path, text.replace(&format!("https://{}", self.api_relay), &format!("https://{relay}")))
+            .unwrap();
+        path
+    }
+
     /// Starts `nmi` in the node with the test's fast retry settings plus `extra` flags.
     pub fn start_nmi(&self, node: &Node, extra: &[&str]) -> Nmi {
         let log = self.dir.path().join(format!("nmi-{}.log", rand_suffix()));
@@ -120,10 +135,31 @@ impl Nmi {
 
     /// Sends a signal (`TERM`, `KILL`) and waits for the exit status.
     pub async fn signal_and_wait(self, node: &Node, signal: &str) -> std::process::ExitStatus {
-        let mut child = node.ns.take_child(self.pid).expect("our child");
+        self.signal(signal);
+        self.wait_exit(node).await
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) without waiting.
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill").args([&format!("-{signal}"), &self.pid.to_string()]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(self, node: &Node) -> std::process::ExitStatus {
+        let mut child = node.ns.take_child(self.pid).expect("our child");
         tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&self, node: &Node) -> bool {
+        node.ns.try_wait(self.pid).is_none()
+    }
+
+    /// The body of `/healthz` in the node (empty when nothing answers).
+    pub fn healthz(&self, node: &Node) -> String {
+        let out = node.ns.run("curl", &["-s", "--max-time", "2", "http://127.0.0.1:8085/healthz"]).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
