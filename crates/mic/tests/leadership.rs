@@ -94,32 +94,31 @@ async fn a_partitioned_leader_stops_writing_before_the_standby_takes_over() {
     let a_arm_writes = w.sim.counters().caller_writes("mic-a-sp");
 
     // Work only a leader would do: an identity detached behind MIC's back (replica a's
-    // reconciler would re-add it within a second) and a new pod needing another identity.
+    // reconciler would re-add it within a second) and new pods needing another identity,
+    // before and after the partition heals.
     w.detach_all_by_hand("ptnpool").await;
     w.pod("after", &nodes[0], "second").await;
     w.wait_assigned(&w.assigned_name("after", "second")).await;
     assert!(w.vmss_has("ptnpool", &second_id), "replica b converged");
+    let delivered = relay.bytes_to_server();
+    relay.unfreeze();
+    w.pod("healed", &nodes[0], "second").await;
+    w.wait_assigned(&w.assigned_name("healed", "second")).await;
+
     assert_eq!(
         w.sim.counters().caller_writes("mic-a-sp"),
         a_arm_writes,
         "the partitioned replica wrote to ARM after its renew deadline"
     );
-    assert!(!w.vmss_has("ptnpool", &first_id), "nobody re-added the detached identity yet");
-
-    // Heal the partition: the old leader stopped on losing leadership, as the original exits,
-    // and nothing it had queued reaches the API server.
-    let outcome = tokio::time::timeout(Duration::from_secs(10), a.join()).await.expect("replica a stopped");
-    let error = format!("{:#}", outcome.expect_err("replica a stops with an error"));
-    assert!(error.contains("lost leader lease"), "{error}");
-    let delivered = relay.bytes_to_server();
-    relay.unfreeze();
-    w.pod("healed", &nodes[0], "second").await;
-    w.wait_assigned(&w.assigned_name("healed", "second")).await;
-    assert_eq!(relay.bytes_to_server(), delivered, "nothing reached the API server from the old leader");
+    assert!(!w.vmss_has("ptnpool", &first_id), "nobody re-added the detached identity");
+    assert_eq!(relay.bytes_to_server(), delivered, "nothing reached the API server from the old leader once healed");
     let late = api_writes_by(&cp, "replica-a", frozen_at + RENEW_DEADLINE);
     assert!(late.is_empty(), "API writes by the partitioned replica after its renew deadline: {late:?}");
     let by_b = api_writes_by(&cp, "replica-b", frozen_at);
     assert!(by_b.iter().any(|(_, r, _)| r == "azureassignedidentities"), "replica b wrote: {by_b:?}");
-    assert_eq!(w.sim.counters().caller_writes("mic-a-sp"), a_arm_writes, "no ARM write by the old leader");
+    // The old leader stopped on losing leadership, as the original exits.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), a.join()).await.expect("replica a stopped");
+    let error = format!("{:#}", outcome.expect_err("replica a stops with an error"));
+    assert!(error.contains("lost leader lease"), "{error}");
     b.stop().await;
 }
