@@ -49,20 +49,6 @@ fn help_lists_the_originals_flags() {
     }
 }
 
-#[test]
-fn missing_mic_pod_namespace_is_fatal() {
-    let out = mic(&["--logtostderr", "-v=2"], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("MIC_POD_NAMESPACE"));
-}
-
-#[test]
-fn unknown_log_format_is_fatal() {
-    let out = mic(&["--log-format=xml"], &[("MIC_POD_NAMESPACE", "default")]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
-}
-
 /// Zero periods are brought into range instead of panicking (a zero tokio interval panics) or
 /// spinning: the binary keeps running against a real API server and the simulator, assigns,
 /// and its drift reconciler runs at the one-second floor.
@@ -119,4 +105,18 @@ async fn zero_duration_flags_neither_panic_nor_stop_mic() {
     let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("Duration flag out of range"), "the adjustment is logged:\n{log}");
+}
+
+#[test]
+fn missing_mic_pod_namespace_is_fatal() {
+    let out = mic(&["--logtostderr", "-v=2"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MIC_POD_NAMESPACE"));
+}
+
+#[test]
+fn unknown_log_format_is_fatal() {
+    let out = mic(&["--log-format=xml"], &[("MIC_POD_NAMESPACE", "default")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
 }

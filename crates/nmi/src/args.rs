@@ -11,6 +11,23 @@ const IPT_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from
 /// The longest pause between identity lookups, and the longest wait at termination.
 const MAX_PAUSE: Duration = Duration::from_secs(300);
 
+impl Args {
+    /// `--ipt-update-interval-sec`, within one second and one day.
+    pub fn ipt_update_period(&self) -> Duration {
+        Duration::from_secs(self.ipt_update_interval_sec).clamp(IPT_PERIOD.0, IPT_PERIOD.1)
+    }
+
+    /// `--find-identity-retry-interval` (zero is allowed: retry at once), at most five minutes.
+    pub fn find_identity_retry_pause(&self) -> Duration {
+        Duration::from_secs(self.find_identity_retry_interval).min(MAX_PAUSE)
+    }
+
+    /// `--termination-wait-sec`, at most five minutes.
+    pub fn termination_wait(&self) -> Duration {
+        Duration::from_secs(self.termination_wait_sec).min(MAX_PAUSE)
+    }
+}
+
 /// Flags of the `nmi` binary.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "nmi", version, about = "NMI, the Node Managed Identity daemon of AAD Pod Identity")]
@@ -108,23 +125,6 @@ pub struct Args {
     pub extra_root_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub klog: aadpodid_runtime::goflags::KlogArgs,
-}
-
-impl Args {
-    /// `--ipt-update-interval-sec`, within one second and one day.
-    pub fn ipt_update_period(&self) -> Duration {
-        Duration::from_secs(self.ipt_update_interval_sec).clamp(IPT_PERIOD.0, IPT_PERIOD.1)
-    }
-
-    /// `--find-identity-retry-interval` (zero is allowed: retry at once), at most five minutes.
-    pub fn find_identity_retry_pause(&self) -> Duration {
-        Duration::from_secs(self.find_identity_retry_interval).min(MAX_PAUSE)
-    }
-
-    /// `--termination-wait-sec`, at most five minutes.
-    pub fn termination_wait(&self) -> Duration {
-        Duration::from_secs(self.termination_wait_sec).min(MAX_PAUSE)
-    }
 }
 
 #[cfg(test)]
