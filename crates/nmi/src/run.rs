@@ -56,7 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         () = aadpodid_runtime::shutdown_signal() => Ok(()),
         Some(err) = fatal_rx.recv() => Err(err),
     };
-    shutdown(args.termination_wait()).await.and(outcome)
+    shutdown(Duration::from_secs(args.termination_wait_sec)).await.and(outcome)
 }
 
 fn parse_mode(mode: &str) -> anyhow::Result<Mode> {
@@ -102,7 +102,7 @@ fn config(args: &Args, mode: Mode) -> Config {
             assigned: args.retry_attempts_for_assigned,
             interval_secs: args.find_identity_retry_interval,
         },
-        retry_interval: args.find_identity_retry_pause(),
+        retry_interval: Duration::from_secs(args.find_identity_retry_interval),
         metadata_header_required: args.metadata_header_required,
         set_retry_after_header: args.set_retry_after_header,
         block_instance_metadata: args.block_instance_metadata,
@@ -146,7 +146,7 @@ async fn spawn_listener(args: &Args, state: AppState, fatal: mpsc::Sender<anyhow
 /// error is fatal, as in the original.
 fn spawn_iptables(args: &Args, health: Health, fatal: mpsc::Sender<anyhow::Error>) {
     let rules = Rules::new(args.metadata_ip, args.metadata_port, args.listen_address, args.nmi_port);
-    let period = args.ipt_update_period();
+    let period = Duration::from_secs(args.ipt_update_interval_sec.max(1));
     let conntrack = args.enable_conntrack_deletion.then_some((args.metadata_ip, args.metadata_port));
     tokio::spawn(async move {
         let result = iptables_loop(rules, period, conntrack, health).await;
