@@ -250,8 +250,9 @@ async fn dispatch(ctx: ArmCtx, req: Request) -> Response {
         Some(fault) => return arm_fault_response(&fault),
         None => {}
     }
-    if let Err(e) = authenticate(&ctx.sim, &parts.headers) {
-        return e.into_response();
+    match authenticate(&ctx.sim, &parts.headers) {
+        Ok(appid) => ctx.sim.count_caller(&appid, &op),
+        Err(e) => return e.into_response(),
     }
     let query = parts.uri.query().unwrap_or("");
     let api_version =
@@ -486,7 +487,8 @@ fn identity(sim: &Simulator, req: &ArmRequest, rg: &str, name: &str) -> Result<R
 
 // === authentication ===
 
-fn authenticate(sim: &Simulator, headers: &HeaderMap) -> Result<(), ArmError> {
+/// Checks the bearer token; returns its `appid` (empty when absent).
+fn authenticate(sim: &Simulator, headers: &HeaderMap) -> Result<String, ArmError> {
     let challenge = format!(
         "Bearer authorization_uri=\"{}/{}\", error=\"invalid_token\", error_description=\"The authentication failed because of missing 'Authorization' header.\"",
         sim.endpoints().aad_https,
@@ -540,7 +542,7 @@ fn authenticate(sim: &Simulator, headers: &HeaderMap) -> Result<(), ArmError> {
             ),
         ));
     }
-    Ok(())
+    Ok(decoded.claim_str("appid").unwrap_or_default().to_owned())
 }
 
 /// ARM accepts the public-cloud management audiences, and its own base URLs (the original MIC asks for a

@@ -194,6 +194,10 @@ pub struct Counters {
     pub calls: BTreeMap<String, u64>,
     /// Per `"vm/<name>"` or `"vmss/<name>"` (name lowercased).
     pub targets: BTreeMap<String, TargetCounts>,
+    /// Authenticated ARM calls per `"<appid>/<operation>"`: the token's `appid` tells apart two
+    /// clients with their own credentials (e.g. two MIC replicas).
+    #[serde(default)]
+    pub callers: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -205,6 +209,19 @@ impl Counters {
     pub fn face_total(&self, face: Face) -> u64 {
         let prefix = format!("{}/", face.as_str());
         self.calls.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(_, v)| v).sum()
+    }
+    /// Authenticated ARM calls of one operation by the client whose token carries `appid`.
+    pub fn caller_calls(&self, appid: &str, op: &str) -> u64 {
+        self.callers.get(&format!("{appid}/{op}")).copied().unwrap_or(0)
+    }
+    /// Authenticated ARM writes (operations ending in `_update` or `_create_or_update`) by `appid`.
+    pub fn caller_writes(&self, appid: &str) -> u64 {
+        let prefix = format!("{appid}/");
+        self.callers
+            .iter()
+            .filter(|(k, _)| k.strip_prefix(&prefix).is_some_and(|op| op.ends_with("_update")))
+            .map(|(_, v)| v)
+            .sum()
     }
     /// ARM writes (PUT/PATCH) to one VM (`kind` = `"vm"`) or VMSS (`"vmss"`).
     pub fn arm_writes(&self, kind: &str, name: &str) -> u64 {

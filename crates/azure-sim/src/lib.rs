@@ -97,7 +97,8 @@
 //! (e.g. `Deleting`). [`Simulator::counters`] counts every call per `face/operation` (faulted ones included) and
 //! ARM reads/writes per VM/VMSS ([`Counters::arm_writes`]; keyed `vm/<name>` or `vmss/<name>`, lowercased,
 //! without the resource group). Writes are PUT/PATCH calls that got past faults and authentication,
-//! whatever their outcome.
+//! whatever their outcome. Authenticated ARM calls are also counted per caller, by the token's `appid`
+//! ([`Counters::caller_writes`]), so two clients with their own credentials can be told apart.
 //!
 //! ## Admin API (on both ARM listeners, no auth)
 //! `GET /admin/info`, `GET /admin/state`, `POST /admin/seed` (seed YAML/JSON, see [`seed`]),

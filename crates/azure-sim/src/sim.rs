@@ -474,6 +474,10 @@ impl Simulator {
         self.counters_mut().arm_writes(kind, name)
     }
 
+    pub(crate) fn count_caller(&self, appid: &str, op: &str) {
+        *self.counters_mut().callers.entry(format!("{appid}/{op}")).or_default() += 1;
+    }
+
     pub(crate) fn count_target(&self, kind: ComputeKind, name: &str, write: bool) {
         let mut c = self.counters_mut();
         let t: &mut TargetCounts = c.targets.entry(target_key(kind.as_str(), name)).or_default();

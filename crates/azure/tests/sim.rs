@@ -227,6 +227,24 @@ async fn a_429_blocks_reads_until_retry_after_passes_without_calling_arm() {
 }
 
 #[tokio::test]
+async fn an_absurd_retry_after_blocks_writes_for_at_most_the_cap() {
+    let f = fixture().await;
+    f.sim.sim().create_vmss(RG, "pool", 1);
+    let a = uami(&f.sim, "id-a");
+    let pool = VmTarget::Vmss("pool".into());
+    let huge = Duration::from_secs(u64::MAX);
+    f.sim.sim().inject(Fault::new(Face::Arm, FaultKind::throttle(huge)).operation("vmss_update").times(1));
+
+    let err = f.arm.update_user_msi(&pool, std::slice::from_ref(&a), &[]).await.unwrap_err();
+    let cap = ArmOptions::default().max_retry_after;
+    assert_eq!(err.retry_after(), Some(cap), "Retry-After: 18446744073709551615 is cut to the cap: {err:?}");
+    let attempts = f.sim.sim().counters().calls(Face::Arm, "vmss_update");
+    let again = f.arm.update_user_msi(&pool, std::slice::from_ref(&a), &[]).await.unwrap_err();
+    assert!(again.retry_after().is_some_and(|w| w <= cap), "still blocked, within the cap: {again:?}");
+    assert_eq!(f.sim.sim().counters().calls(Face::Arm, "vmss_update"), attempts, "blocked without calling ARM");
+}
+
+#[tokio::test]
 async fn a_429_on_update_blocks_writes_but_not_reads() {
     let f = fixture().await;
     f.sim.sim().create_vmss(RG, "pool", 1);

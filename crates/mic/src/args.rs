@@ -36,6 +36,36 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
+/// A duration flag's accepted range: a zero period cannot be ticked (tokio panics on it) and a
+/// huge one overflows deadlines, so values outside are raised or lowered (with a warning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// One day: no period or pause of MIC's is useful beyond it.
+const DAY: Duration = Duration::from_secs(86400);
+
+/// `--syncRetryDuration`.
+pub const SYNC_PERIOD: Bounds = Bounds { min: Duration::from_secs(1), max: DAY };
+/// `--identity-assignment-reconcile-interval` (each run reads every VM and scale set from ARM).
+pub const RECONCILE_PERIOD: Bounds = Bounds { min: Duration::from_secs(1), max: DAY };
+/// `--update-user-msi-retry-interval` (zero is a valid pause).
+pub const UPDATE_RETRY_PAUSE: Bounds = Bounds { min: Duration::ZERO, max: Duration::from_secs(300) };
+/// `--arm-poll-interval` (zero would poll ARM in a busy loop).
+pub const ARM_POLL: Bounds = Bounds { min: Duration::from_millis(100), max: Duration::from_secs(300) };
+/// `--arm-max-retry-after`.
+pub const ARM_RETRY_AFTER_CAP: Bounds = Bounds { min: Duration::from_secs(1), max: Duration::from_secs(3600) };
+
+impl Bounds {
+    /// The value within bounds, and whether it had to be changed.
+    pub fn apply(self, value: Duration) -> (Duration, bool) {
+        let bounded = value.clamp(self.min, self.max);
+        (bounded, bounded != value)
+    }
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -131,8 +161,69 @@ pub struct Args {
     /// Pause between polls of a long-running ARM operation without `Retry-After`.
     #[arg(long = "arm-poll-interval", default_value = "5s", value_parser = parse_go_duration, hide = true)]
     pub arm_poll_interval: Duration,
+    /// The longest wait an ARM `Retry-After` header can impose; longer asks are cut to it.
+    #[arg(long = "arm-max-retry-after", default_value = "5m", value_parser = parse_go_duration, hide = true)]
+    pub arm_max_retry_after: Duration,
     #[command(flatten)]
     pub klog: aadpodid_runtime::goflags::KlogArgs,
+}
+
+impl Args {
+    /// `--syncRetryDuration` within [`SYNC_PERIOD`].
+    pub fn sync_period(&self) -> Duration {
+        SYNC_PERIOD.apply(self.sync_retry_duration).0
+    }
+
+    /// `--identity-assignment-reconcile-interval` within [`RECONCILE_PERIOD`].
+    pub fn reconcile_period(&self) -> Duration {
+        RECONCILE_PERIOD.apply(self.identity_assignment_reconcile_interval).0
+    }
+
+    /// `--update-user-msi-retry-interval` within [`UPDATE_RETRY_PAUSE`].
+    pub fn update_retry_pause(&self) -> Duration {
+        UPDATE_RETRY_PAUSE.apply(self.update_user_msi_retry_interval).0
+    }
+
+    /// `--arm-poll-interval` within [`ARM_POLL`].
+    pub fn arm_poll(&self) -> Duration {
+        ARM_POLL.apply(self.arm_poll_interval).0
+    }
+
+    /// `--arm-max-retry-after` within [`ARM_RETRY_AFTER_CAP`].
+    pub fn arm_retry_after_cap(&self) -> Duration {
+        ARM_RETRY_AFTER_CAP.apply(self.arm_max_retry_after).0
+    }
+
+    /// The duration flags whose values are out of range: (flag, given, used). The lease is
+    /// bounded by [`crate::lease::Timing::from_duration`].
+    pub fn adjusted_durations(&self) -> Vec<(&'static str, Duration, Duration)> {
+        let lease = crate::lease::Timing::from_duration(self.leader_election_duration).lease;
+        let flags = [
+            ("syncRetryDuration", self.sync_retry_duration, SYNC_PERIOD.apply(self.sync_retry_duration)),
+            (
+                "identity-assignment-reconcile-interval",
+                self.identity_assignment_reconcile_interval,
+                RECONCILE_PERIOD.apply(self.identity_assignment_reconcile_interval),
+            ),
+            (
+                "update-user-msi-retry-interval",
+                self.update_user_msi_retry_interval,
+                UPDATE_RETRY_PAUSE.apply(self.update_user_msi_retry_interval),
+            ),
+            ("arm-poll-interval", self.arm_poll_interval, ARM_POLL.apply(self.arm_poll_interval)),
+            ("arm-max-retry-after", self.arm_max_retry_after, ARM_RETRY_AFTER_CAP.apply(self.arm_max_retry_after)),
+            (
+                "leader-election-duration",
+                self.leader_election_duration,
+                (lease, lease != self.leader_election_duration),
+            ),
+        ];
+        flags
+            .into_iter()
+            .filter(|(_, _, (_, changed))| *changed)
+            .map(|(f, given, (used, _))| (f, given, used))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +269,38 @@ mod tests {
     }
 
     #[test]
+    fn zero_and_huge_durations_are_brought_into_range() {
+        let a = parse(&[
+            "--syncRetryDuration=0s",
+            "--identity-assignment-reconcile-interval=0s",
+            "--leader-election-duration=0s",
+            "--update-user-msi-retry-interval=0s",
+            "--arm-poll-interval=0s",
+            "--arm-max-retry-after=0s",
+        ]);
+        assert_eq!(a.sync_period(), Duration::from_secs(1));
+        assert_eq!(a.reconcile_period(), Duration::from_secs(1));
+        assert_eq!(a.update_retry_pause(), Duration::ZERO);
+        assert_eq!(a.arm_poll(), Duration::from_millis(100));
+        assert_eq!(a.arm_retry_after_cap(), Duration::from_secs(1));
+        let changed: Vec<&str> = a.adjusted_durations().iter().map(|(f, _, _)| *f).collect();
+        assert_eq!(
+            changed,
+            [
+                "syncRetryDuration",
+                "identity-assignment-reconcile-interval",
+                "arm-poll-interval",
+                "arm-max-retry-after",
+                "leader-election-duration"
+            ]
+        );
+        let huge = parse(&["--syncRetryDuration=9999999h", "--update-user-msi-retry-interval=9999999h"]);
+        assert_eq!(huge.sync_period(), DAY);
+        assert_eq!(huge.update_retry_pause(), Duration::from_secs(300));
+        assert!(parse(&[]).adjusted_durations().is_empty(), "the defaults are in range");
+    }
+
+    #[test]
     fn go_durations_parse() {
         assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
@@ -185,5 +308,8 @@ mod tests {
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("10").is_err());
         assert!(parse_go_duration("").is_err());
+        for bad in ["-1s", "18446744073709551616000h", "1e9s", "s", "1x"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -127,9 +127,10 @@ impl ArmSource {
         };
         let options = ArmOptions {
             http: http.clone(),
-            poll_interval: args.arm_poll_interval,
+            poll_interval: args.arm_poll(),
             max_retries: args.update_user_msi_max_retry,
-            retry_interval: args.update_user_msi_retry_interval,
+            retry_interval: args.update_retry_pause(),
+            max_retry_after: args.arm_retry_after_cap(),
             observer: Some(Arc::new(Observer(metrics.clone()))),
             ..ArmOptions::default()
         };

@@ -1,18 +1,20 @@
 //! The loop: level-triggered cycles rebuilt from the caches, woken by watch events and
 //! coalesced (a quiet period, bounded by a maximum wait), plus the `--syncRetryDuration`
 //! ticker; the drift reconciler on its own ticker. Leadership gates only the writes: a
-//! standby keeps its caches warm and decides, but never acts.
+//! standby keeps its caches warm and decides, but never acts. A leader that stops leading in
+//! the middle of a cycle abandons it at once (every write is gated as well, see `gate`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aadpodid_api::AssignedIdentityState;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::act::{self, Ctx, NodeIdentities};
 use crate::cache::Caches;
 use crate::decide::{self, Immutable, Mode};
+use crate::gate::LeaderView;
 use crate::view::NodeTarget;
 
 /// How the loop runs.
@@ -68,13 +70,38 @@ pub struct Controller {
     pub ctx: Ctx,
     pub reload: Option<Reload>,
     pub on_elected: Option<OnElected>,
-    pub leading_rx: watch::Receiver<bool>,
+    pub leader: LeaderView,
     /// Told when this replica starts doing its job (leading and syncing), for `/healthz`.
     pub set_active: Arc<dyn Fn(bool) + Send + Sync>,
     /// Set once the on-elected hook has run; nothing is written before.
     pub is_elected: bool,
     /// When to retry after a failed cycle, and the backoff that led there.
     pub retry: Option<(Instant, Duration)>,
+}
+
+/// The shortest period of the loop's tickers (a zero period is not a period).
+const MIN_PERIOD: Duration = Duration::from_millis(100);
+/// The first wait after a failed cycle; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest wait for ARM's `Retry-After` before the next cycle (the ARM client caps it too).
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(600);
+
+/// When to run the next cycle after one with `failed` failures: an exponential backoff (1 s
+/// doubling to 60 s), never earlier than ARM's `Retry-After` (itself capped), `None` after a
+/// clean cycle. Returns the instant and the backoff that led there.
+pub fn next_retry(
+    previous_backoff: Option<Duration>,
+    failed: usize,
+    retry_after: Option<Duration>,
+    now: Instant,
+) -> Option<(Instant, Duration)> {
+    if failed == 0 {
+        return None;
+    }
+    let backoff = previous_backoff.map_or(FIRST_BACKOFF, |b| b.saturating_mul(2).clamp(FIRST_BACKOFF, MAX_BACKOFF));
+    let wait = backoff.max(retry_after.unwrap_or_default().min(MAX_RETRY_WAIT));
+    Some((now.checked_add(wait).unwrap_or(now), backoff))
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -88,8 +115,8 @@ impl Controller {
     pub async fn run(mut self) -> Result<(), LoopError> {
         self.caches.ready().await.map_err(|_| LoopError::CachesStopped)?;
         tracing::info!("Caches synced");
-        let mut resync = tokio::time::interval(self.cfg.resync);
-        let mut drift = tokio::time::interval(self.cfg.drift_every);
+        let mut resync = tokio::time::interval(self.cfg.resync.max(MIN_PERIOD));
+        let mut drift = tokio::time::interval(self.cfg.drift_every.max(MIN_PERIOD));
         drift.reset();
         let mut cycles: u64 = 0;
         loop {
@@ -102,7 +129,7 @@ impl Controller {
                     if self.leading() && self.is_elected { self.reconcile_drift().await; }
                     continue;
                 }
-                changed = self.leading_rx.changed() => {
+                changed = self.leader.changed() => {
                     changed.map_err(|_| LoopError::LeaderGone)?;
                 }
             }
@@ -115,7 +142,7 @@ impl Controller {
     }
 
     fn leading(&self) -> bool {
-        *self.leading_rx.borrow()
+        self.leader.is_leading()
     }
 
     async fn elected(&mut self) -> Result<(), LoopError> {
@@ -166,8 +193,16 @@ impl Controller {
             }
             return;
         }
-        let outcome = act::apply(plan, &self.ctx, &snap.pod_uids).await;
-        self.schedule_retry(outcome.failed, outcome.retry_after);
+        let Ok(outcome) = self.leader.while_leading(act::apply(plan, &self.ctx, &snap.pod_uids)).await else {
+            tracing::warn!(cycle = n, "Leadership lost during the cycle; abandoned its remaining writes");
+            self.retry = None;
+            return;
+        };
+        self.retry = next_retry(self.retry.map(|(_, b)| b), outcome.failed, outcome.retry_after, Instant::now());
+        if let Some((at, _)) = self.retry {
+            let retry_in_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64;
+            tracing::warn!(failed = outcome.failed, retry_in_ms, "Cycle had failures; retrying");
+        }
         tracing::info!(
             cycle = n,
             assigned = outcome.assigned,
@@ -184,27 +219,21 @@ impl Controller {
         }
     }
 
-    /// After failures, another cycle comes after an exponential backoff (1 s doubling to 60 s),
-    /// never earlier than ARM's `Retry-After`; a clean cycle clears it.
-    fn schedule_retry(&mut self, failed: usize, retry_after: Option<Duration>) {
-        if failed == 0 {
-            self.retry = None;
-            return;
-        }
-        let backoff = self.retry.map_or(Duration::from_secs(1), |(_, b)| (b * 2).min(Duration::from_secs(60)));
-        let wait = backoff.max(retry_after.unwrap_or_default());
-        tracing::warn!(failed, retry_in_ms = wait.as_millis() as u64, "Cycle had failures; retrying");
-        self.retry = Some((Instant::now() + wait, backoff));
-    }
-
     fn record_cycle(&self, started: Instant) {
         self.ctx.metrics.cycle_count.inc();
         self.ctx.metrics.cycle_duration.observe(started.elapsed().as_secs_f64());
     }
 
-    /// §2.8: re-adds every `Assigned` user-assigned identity missing on its VM or scale set.
-    /// Never removes. A node that cannot be resolved aborts the run, as in the original.
+    /// Re-adds identities missing on Azure while this replica leads; abandoned if it stops.
     async fn reconcile_drift(&self) {
+        if self.leader.while_leading(self.readd_missing()).await.is_err() {
+            tracing::warn!("Leadership lost during the drift reconciler; abandoned it");
+        }
+    }
+
+    /// Re-adds every `Assigned` user-assigned identity missing on its VM or scale set.
+    /// Never removes. A node that cannot be resolved aborts the run, as in the original.
+    async fn readd_missing(&self) {
         let snap = self.caches.snapshot();
         let mut want: BTreeMap<&NodeTarget, BTreeSet<String>> = BTreeMap::new();
         for a in &snap.current {
@@ -232,6 +261,38 @@ impl Controller {
             tracing::info!(%target, missing = missing.len(), "Drift reconciler: re-adding identities missing on Azure");
             if let Err(error) = self.ctx.arm.update(target, &missing, &[]).await {
                 tracing::error!(%target, %error, "Drift reconciler: re-adding identities failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn retry_waits_back_off_and_honour_retry_after_within_a_cap() {
+        let now = Instant::now();
+        let wait = |prev, failed, ra| next_retry(prev, failed, ra, now).map(|(at, b)| (at - now, b));
+        assert_eq!(wait(None, 0, Some(30 * S)), None, "a clean cycle needs no retry");
+        assert_eq!(wait(None, 1, None), Some((S, S)));
+        assert_eq!(wait(Some(S), 1, None), Some((2 * S, 2 * S)));
+        assert_eq!(wait(Some(40 * S), 1, None), Some((60 * S, 60 * S)));
+        assert_eq!(wait(Some(60 * S), 1, None), Some((60 * S, 60 * S)));
+        assert_eq!(wait(None, 1, Some(30 * S)), Some((30 * S, S)));
+        assert_eq!(wait(None, 3, Some(MAX_RETRY_WAIT * 2)), Some((MAX_RETRY_WAIT, S)));
+    }
+
+    #[test]
+    fn absurd_retry_after_and_backoff_values_never_panic() {
+        let now = Instant::now();
+        for ra in [Duration::MAX, Duration::from_secs(u64::MAX), Duration::ZERO] {
+            for prev in [None, Some(Duration::MAX), Some(Duration::ZERO)] {
+                let (at, backoff) = next_retry(prev, 1, Some(ra), now).expect("a retry");
+                assert!(at - now >= FIRST_BACKOFF && at - now <= MAX_RETRY_WAIT, "{ra:?} {prev:?}");
+                assert!((FIRST_BACKOFF..=MAX_BACKOFF).contains(&backoff));
             }
         }
     }

@@ -5,11 +5,13 @@
 //!
 //! client-go's timing: a holder is presumed alive until `leaseDuration` has passed since we
 //! last saw its record change (our own clock, never the record's timestamps); we retry every
-//! `retry`, and give up leadership when we could not renew for `renew_deadline`.
+//! `retry`. A leader leads only until `renew_deadline` after the start of its last successful
+//! renewal, and each attempt is abandoned at that instant, so a hung connection cannot keep a
+//! replica leading; the rules are in [`crate::lease`], the write gates in [`crate::gate`].
 //! Locks are always taken in the same order (Endpoints, then Lease), so two of our replicas
 //! cannot each hold one lock and wait forever for the other.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Endpoints;
@@ -18,7 +20,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::gate::LeaderPublisher;
+use crate::lease::{self, Next, Observed, Timing, Verdict};
 
 /// Annotation carrying the record on the original's Endpoints lock.
 pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
@@ -38,7 +43,7 @@ pub struct LeaderConfig {
     pub namespace: String,
     pub name: String,
     pub identity: String,
-    /// Lease duration; renew deadline is half of it, retry period a quarter (as the original).
+    /// `--leader-election-duration`; see [`Timing::from_duration`] for what is derived from it.
     pub duration: Duration,
 }
 
@@ -67,7 +72,7 @@ enum Kind {
 /// One lock and what we last observed on it.
 struct Lock {
     kind: Kind,
-    observed: Option<(Record, Instant)>,
+    observed: Option<Observed>,
 }
 
 impl Lock {
@@ -75,52 +80,51 @@ impl Lock {
         Self { kind, observed: None }
     }
 
-    /// client-go's `tryAcquireOrRenew`: true when we hold the lock afterwards.
-    async fn try_acquire_or_renew(&mut self, client: &Client, cfg: &LeaderConfig) -> Result<bool, kube::Error> {
+    /// client-go's `tryAcquireOrRenew`: true when we hold the lock afterwards. The rule is
+    /// [`lease::verdict`]; this only reads and writes.
+    async fn try_acquire_or_renew(
+        &mut self,
+        client: &Client,
+        cfg: &LeaderConfig,
+        timing: &Timing,
+    ) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let Some((current, rv)) = get(client, cfg, self.kind).await? else {
-            let record = fresh(cfg, now, 0);
+            let record = fresh(cfg, timing, now, 0);
             return match create(client, cfg, self.kind, &record).await {
-                Ok(()) => {
-                    self.observed = Some((record, Instant::now()));
-                    Ok(true)
-                }
+                Ok(()) => Ok(true),
                 Err(e) if conflict(&e) => Ok(false),
                 Err(e) => Err(e),
             };
         };
-        if self.observed.as_ref().is_none_or(|(r, _)| *r != current) {
-            self.observed = Some((current.clone(), Instant::now()));
-        }
-        let held_by_other = !current.holder_identity.is_empty() && current.holder_identity != cfg.identity;
-        let lease = Duration::from_secs(u64::try_from(current.lease_duration_seconds.max(1)).unwrap_or(1));
-        if held_by_other && self.observed.as_ref().is_some_and(|(_, at)| at.elapsed() < lease) {
-            return Ok(false);
-        }
-        let record = if held_by_other || current.holder_identity.is_empty() {
-            fresh(cfg, now, current.leader_transitions + 1)
-        } else {
-            Record { renew_time: Some(Time(now)), lease_duration_seconds: secs(cfg.duration), ..current }
+        let seen = lease::observe(
+            self.observed.as_ref(),
+            &current.holder_identity,
+            current.lease_duration_seconds,
+            &rv,
+            Instant::now(),
+        );
+        let verdict = lease::verdict(&seen, &cfg.identity, Instant::now());
+        self.observed = Some(seen);
+        let record = match verdict {
+            Verdict::Wait => return Ok(false),
+            Verdict::Take => fresh(cfg, timing, now, current.leader_transitions + 1),
+            Verdict::Renew => {
+                Record { renew_time: Some(Time(now)), lease_duration_seconds: timing.lease_seconds(), ..current }
+            }
         };
         match update(client, cfg, self.kind, &record, rv).await {
-            Ok(()) => {
-                self.observed = Some((record, Instant::now()));
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(e) if conflict(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
 }
 
-fn secs(d: Duration) -> i32 {
-    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
-}
-
-fn fresh(cfg: &LeaderConfig, now: Timestamp, transitions: i32) -> Record {
+fn fresh(cfg: &LeaderConfig, timing: &Timing, now: Timestamp, transitions: i32) -> Record {
     Record {
         holder_identity: cfg.identity.clone(),
-        lease_duration_seconds: secs(cfg.duration),
+        lease_duration_seconds: timing.lease_seconds(),
         acquire_time: Some(Time(now)),
         renew_time: Some(Time(now)),
         leader_transitions: transitions,
@@ -230,40 +234,52 @@ async fn update(
 }
 
 /// Runs the election until leadership is lost (an error: the process should exit, as the
-/// original does) or `leading_tx` has no receivers. `leading_tx` says whether we lead now.
-pub async fn run(client: Client, cfg: LeaderConfig, leading_tx: watch::Sender<bool>) -> Result<(), LeaderError> {
-    let retry = cfg.duration / 4;
-    let renew_deadline = cfg.duration / 2;
-    let mut endpoints = Lock::new(Kind::Endpoints);
-    let mut lease = Lock::new(Kind::Lease);
-    let mut last_renew: Option<Instant> = None;
-    let mut tick = tokio::time::interval(retry.max(Duration::from_millis(100)));
+/// original does) or no [`crate::gate::LeaderView`] is left. Each attempt has a deadline
+/// ([`lease::attempt_deadline`]); its outcome is judged by [`lease::after_attempt`].
+pub async fn run(client: Client, cfg: LeaderConfig, publisher: LeaderPublisher) -> Result<(), LeaderError> {
+    let timing = Timing::from_duration(cfg.duration);
+    let mut locks = (Lock::new(Kind::Endpoints), Lock::new(Kind::Lease));
+    let mut tick = tokio::time::interval(timing.retry);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let held = hold_both(&client, &cfg, &mut endpoints, &mut lease).await;
-        let leading = *leading_tx.borrow();
-        if held {
-            last_renew = Some(Instant::now());
-            if !leading {
-                tracing::info!(identity = %cfg.identity, lock = %format!("{}/{}", cfg.namespace, cfg.name), "Became leader");
-                if leading_tx.send(true).is_err() {
+        let until = publisher.until();
+        let started = Instant::now();
+        let deadline = lease::attempt_deadline(until, started, &timing);
+        let held = match tokio::time::timeout_at(deadline, hold_both(&client, &cfg, &timing, &mut locks)).await {
+            Ok(held) => held,
+            Err(_) => {
+                let waited_ms = deadline.saturating_duration_since(started).as_millis() as u64;
+                tracing::warn!(identity = %cfg.identity, waited_ms, "Acquiring or renewing the locks timed out");
+                false
+            }
+        };
+        match lease::after_attempt(until, held, started, Instant::now(), &timing) {
+            Next::Leading(new_until) => {
+                if until.is_none() {
+                    tracing::info!(identity = %cfg.identity, lock = %format!("{}/{}", cfg.namespace, cfg.name), "Became leader");
+                }
+                if !publisher.publish(Some(new_until)) {
                     return Err(LeaderError::Stopped);
                 }
             }
-        } else if leading && last_renew.is_none_or(|t| t.elapsed() >= renew_deadline) {
-            tracing::error!(identity = %cfg.identity, "Lost leader lease");
-            let _ = leading_tx.send(false);
-            return Err(LeaderError::Lost(renew_deadline));
-        }
-        if leading_tx.is_closed() {
-            return Err(LeaderError::Stopped);
+            Next::Follower => {
+                if !publisher.publish(None) {
+                    return Err(LeaderError::Stopped);
+                }
+            }
+            Next::Lost => {
+                tracing::error!(identity = %cfg.identity, renew_deadline_ms = timing.renew_deadline.as_millis() as u64, "Lost leader lease");
+                publisher.publish(None);
+                return Err(LeaderError::Lost(timing.renew_deadline));
+            }
         }
     }
 }
 
-async fn hold_both(client: &Client, cfg: &LeaderConfig, endpoints: &mut Lock, lease: &mut Lock) -> bool {
-    match endpoints.try_acquire_or_renew(client, cfg).await {
+async fn hold_both(client: &Client, cfg: &LeaderConfig, timing: &Timing, locks: &mut (Lock, Lock)) -> bool {
+    let (endpoints, lease) = locks;
+    match endpoints.try_acquire_or_renew(client, cfg, timing).await {
         Ok(true) => {}
         Ok(false) => return false,
         Err(error) => {
@@ -271,7 +287,7 @@ async fn hold_both(client: &Client, cfg: &LeaderConfig, endpoints: &mut Lock, le
             return false;
         }
     }
-    match lease.try_acquire_or_renew(client, cfg).await {
+    match lease.try_acquire_or_renew(client, cfg, timing).await {
         Ok(held) => held,
         Err(error) => {
             tracing::warn!(%error, "Acquiring or renewing the Lease failed");

@@ -7,16 +7,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use aadpodid_runtime::{Health, metrics_router, probe_router, serve};
+use aadpodid_runtime::{Health, KubeTimeouts, metrics_router, probe_router, serve};
 use anyhow::{Context, bail};
 use tokio::sync::{Notify, watch};
 
 use crate::act::Ctx;
 use crate::args::Args;
-use crate::controller::{Controller, LoopConfig, OnElected};
+use crate::controller::{Controller, LoopConfig, LoopError, OnElected, Reload};
 use crate::decide::{Immutable, Mode};
 use crate::events::Recorder;
+use crate::gate::{self, GatedArm, LeaderPublisher, LeaderView, WriteGateLayer};
 use crate::leader::{self, LeaderConfig};
+use crate::lease::Timing;
 use crate::metrics::Metrics;
 use crate::upgrade::{UpgradeConfig, upgrade_if_required};
 use crate::{arm, cache};
@@ -59,11 +61,15 @@ pub async fn run_until(
     if args.enable_scale_features {
         tracing::info!("--enableScaleFeatures is deprecated and has no effect on MIC");
     }
-    let ua = aadpodid_runtime::user_agent("MIC", Some(args.custom_user_agent.as_str()).filter(|s| !s.is_empty()));
-    let kubeconfig = PathBuf::from(&args.kubeconfig);
-    let client = aadpodid_runtime::kube_client(Some(kubeconfig.as_path()), &ua)
-        .await
-        .context("building the Kubernetes client")?;
+    for (flag, given, used) in args.adjusted_durations() {
+        tracing::warn!(
+            flag,
+            given_ms = given.as_millis() as u64,
+            used_ms = used.as_millis() as u64,
+            "Duration flag out of range; using the nearest allowed value"
+        );
+    }
+    let clients = Clients::build(&args).await?;
     let metrics = Metrics::new().context("registering metrics")?;
     let source = arm::ArmSource::load(&args, &env, &metrics).context("initialising the cloud provider")?;
     let immutable =
@@ -72,55 +78,102 @@ pub async fn run_until(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     spawn_servers(&args, &health, &metrics, &shutdown_rx);
 
-    let (leading_tx, leading_rx) = watch::channel(false);
     let cfg = LeaderConfig {
         namespace: args.leader_election_namespace.clone(),
         name: args.leader_election_name.clone(),
         identity: args.leader_election_instance.clone(),
         duration: args.leader_election_duration,
     };
-    let mut election = tokio::spawn(leader::run(client.clone(), cfg, leading_tx));
+    let mut election = tokio::spawn(leader::run(clients.lease.clone(), cfg, clients.publisher));
     let _abort_election = AbortOnDrop(election.abort_handle());
 
     let wake = Arc::new(Notify::new());
-    let (caches, watches) = cache::start(&client, &wake);
+    let (caches, watches) = cache::start(&clients.watch, &wake);
     let _abort_watches: Vec<AbortOnDrop> = watches.iter().map(|w| AbortOnDrop(w.abort_handle())).collect();
     let force_namespaced = args.force_namespaced || env.get("FORCENAMESPACED") == Some("true");
     let controller = Controller {
         cfg: LoopConfig {
             mode: Mode { force_namespaced },
             immutable,
-            resync: args.sync_retry_duration,
-            drift_every: args.identity_assignment_reconcile_interval,
+            resync: args.sync_period(),
+            drift_every: args.reconcile_period(),
             ..LoopConfig::default()
         },
         caches,
         wake,
         ctx: Ctx {
-            client: client.clone(),
-            arm: source.current(),
-            events: Recorder::new(client.clone(), args.leader_election_instance.clone()),
+            client: clients.write.clone(),
+            arm: GatedArm::wrap(source.current(), clients.leader.clone()),
+            events: Recorder::new(clients.write.clone(), args.leader_election_instance.clone()),
             metrics,
             batch: usize::try_from(args.create_delete_batch.max(1)).unwrap_or(20),
         },
-        reload: source.reloader(),
-        on_elected: Some(type_upgrade(&args, client, namespace)),
-        leading_rx,
+        reload: gated_reload(source, clients.leader.clone()),
+        on_elected: Some(type_upgrade(&args, clients.write, namespace)),
+        leader: clients.leader,
         set_active: Arc::new(move |a| health.set_active(a)),
         is_elected: false,
         retry: None,
     };
     let result = tokio::select! {
-        r = controller.run() => r.context("controller loop"),
-        r = &mut election => match r {
-            Ok(Err(e)) => Err(anyhow::Error::new(e)),
-            Ok(Ok(())) => Ok(()),
-            Err(e) => Err(anyhow::Error::new(e).context("leader election task")),
+        r = controller.run() => match r {
+            // The election ended (its publisher is gone): its own outcome says why.
+            Err(LoopError::LeaderGone) => election_outcome((&mut election).await),
+            r => r.context("controller loop"),
         },
+        r = &mut election => election_outcome(r),
         () = shutdown => { tracing::info!("Shutting down"); Ok(()) }
     };
     let _ = shutdown_tx.send(true);
     result
+}
+
+fn election_outcome(r: Result<Result<(), leader::LeaderError>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match r {
+        Ok(Err(e)) => Err(anyhow::Error::new(e)),
+        Ok(Ok(())) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("leader election task")),
+    }
+}
+
+/// MIC's Kubernetes clients, one connection pool each: watches may stay silent for minutes,
+/// requests may not, and the election's own requests must fail within its renew deadline.
+/// Every write goes through `write`, which sends it only while this replica leads.
+struct Clients {
+    watch: kube::Client,
+    write: kube::Client,
+    lease: kube::Client,
+    publisher: LeaderPublisher,
+    leader: LeaderView,
+}
+
+impl Clients {
+    async fn build(args: &Args) -> anyhow::Result<Self> {
+        let ua = aadpodid_runtime::user_agent("MIC", Some(args.custom_user_agent.as_str()).filter(|s| !s.is_empty()));
+        let kubeconfig = PathBuf::from(&args.kubeconfig);
+        let config = aadpodid_runtime::kube_config(Some(kubeconfig.as_path()), &ua)
+            .await
+            .context("building the Kubernetes client")?;
+        let build = |timeouts: KubeTimeouts| {
+            kube::client::ClientBuilder::try_from(timeouts.apply(config.clone()))
+                .context("building the Kubernetes client")
+        };
+        let (publisher, leader) = gate::channel();
+        let renew_deadline = Timing::from_duration(args.leader_election_duration).renew_deadline;
+        Ok(Self {
+            watch: build(KubeTimeouts::WATCH)?.build(),
+            write: build(KubeTimeouts::REQUEST)?.with_layer(&WriteGateLayer(leader.clone())).build(),
+            lease: build(KubeTimeouts::within(renew_deadline))?.build(),
+            publisher,
+            leader,
+        })
+    }
+}
+
+/// The reload hook, with every new ARM client gated like the first.
+fn gated_reload(source: arm::ArmSource, leader: LeaderView) -> Option<Reload> {
+    let mut reload = source.reloader()?;
+    Some(Box::new(move || reload().map(|arm| GatedArm::wrap(arm, leader.clone()))))
 }
 
 /// Stops a spawned task when MIC stops, however it stops (including a dropped future in tests).

@@ -1,6 +1,10 @@
 //! The `mic` binary's command line: the original's flags are listed and start-up refusals exit 1.
 
-use std::process::Command;
+mod support;
+
+use std::process::{Command, Stdio};
+
+use support::{DEADLINE, World, eventually};
 
 fn mic(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mic"));
@@ -43,6 +47,64 @@ fn help_lists_the_originals_flags() {
     ] {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }
+}
+
+/// Zero periods are brought into range instead of panicking (a zero tokio interval panics) or
+/// spinning: the binary keeps running against a real API server and the simulator, assigns,
+/// and its drift reconciler runs at the one-second floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_duration_flags_neither_panic_nor_stop_mic() {
+    let w = World::new("zeroflags").await;
+    let nodes = w.vmss_nodes("zeropool", 1).await;
+    let id = w.identity("zero").await;
+    w.binding("b", "zero", "zero").await;
+    w.pod("demo", &nodes[0], "zero").await;
+    let zeros = [
+        "--syncRetryDuration=0s",
+        "--identity-assignment-reconcile-interval=0s",
+        "--leader-election-duration=0s",
+        "--update-user-msi-retry-interval=0s",
+        "--arm-poll-interval=0s",
+        "--arm-max-retry-after=0s",
+    ];
+    let overridden = |a: &String| zeros.iter().any(|z| a.split('=').next() == z.split('=').next());
+    let argv: Vec<String> = w.argv("mic-zero", &[]).into_iter().skip(1).filter(|a| !overridden(a)).collect();
+    let stderr_path = w.sim.state_dir().join("mic-zero.stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mic"))
+        .args(&argv)
+        .args(zeros)
+        .envs(w.env_vars())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start mic");
+    let name = w.assigned_name("demo", "zero");
+    let mut alive = |what: &str| {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("mic exited ({status}) while waiting for {what}:\n{log}");
+        }
+    };
+    eventually("assigned by the binary", DEADLINE, || {
+        alive("the assignment");
+        async { (w.assigned_status(&name).await.as_deref() == Some("Assigned")).then_some(()) }
+    })
+    .await;
+    assert!(w.vmss_has("zeropool", &id));
+    w.detach_all_by_hand("zeropool").await;
+    eventually("re-added by the drift reconciler", DEADLINE, || {
+        alive("the drift reconciler");
+        async { w.vmss_has("zeropool", &id).then_some(()) }
+    })
+    .await;
+    alive("the end");
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("Duration flag out of range"), "the adjustment is logged:\n{log}");
 }
 
 #[test]

@@ -183,6 +183,34 @@ async fn throttled_arm_converges_without_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_retry_after_from_arm_neither_panics_nor_stops_mic() {
+    let _serial = serial().await;
+    let w = World::new("retryafter").await;
+    let pool = w.vmss_nodes("rapool", 1).await;
+    let vm = w.vm_node("ravm").await;
+    let id = w.identity("ra").await;
+    w.binding("b", "ra", "ra").await;
+    let forever = Duration::from_secs(u64::MAX);
+    w.sim.inject(Fault::new(Face::Arm, FaultKind::throttle(forever)).operation("vmss_update").times(1));
+    w.pod("throttled", &pool[0], "ra").await;
+    w.pod("first", &vm, "ra").await;
+    let mic = w.start_mic("mic-retryafter", &[]);
+
+    // One cycle meets `Retry-After: 18446744073709551615` on the scale set and succeeds on the VM.
+    w.wait_assigned(&w.assigned_name("first", "ra")).await;
+    eventually("the scale-set update was throttled", DEADLINE, || async {
+        (w.sim.counters().calls(Face::Arm, "vmss_update") >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(w.assigned_status(&w.assigned_name("throttled", "ra")).await.as_deref(), Some("Created"));
+    // MIC keeps working: later events are handled.
+    w.pod("second", &vm, "ra").await;
+    w.wait_assigned(&w.assigned_name("second", "ra")).await;
+    assert!(w.vm_has("ravm", &id));
+    assert!(!mic.task.is_finished(), "MIC is still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_the_leader_writes_and_the_standby_takes_over_when_it_dies() {
     let _serial = serial().await;
     let w = World::new("leader").await;

@@ -4,6 +4,29 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// The iptables check period: at least a second (zero cannot be ticked), at most a day.
+const IPT_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86400));
+/// The longest pause between identity lookups, and the longest wait at termination.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+impl Args {
+    /// `--ipt-update-interval-sec`, within one second and one day.
+    pub fn ipt_update_period(&self) -> Duration {
+        Duration::from_secs(self.ipt_update_interval_sec).clamp(IPT_PERIOD.0, IPT_PERIOD.1)
+    }
+
+    /// `--find-identity-retry-interval` (zero is allowed: retry at once), at most five minutes.
+    pub fn find_identity_retry_pause(&self) -> Duration {
+        Duration::from_secs(self.find_identity_retry_interval).min(MAX_PAUSE)
+    }
+
+    /// `--termination-wait-sec`, at most five minutes.
+    pub fn termination_wait(&self) -> Duration {
+        Duration::from_secs(self.termination_wait_sec).min(MAX_PAUSE)
+    }
+}
 
 /// Flags of the `nmi` binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -192,6 +215,28 @@ mod tests {
         assert!(a.force_namespaced && a.block_instance_metadata);
         assert!(!a.metadata_header_required && !a.enable_scale_features);
         assert_eq!(a.mic_namespace, "kube-system");
+    }
+
+    #[test]
+    fn zero_and_huge_interval_flags_are_brought_into_range() {
+        let zero = parse(&["nmi", "--ipt-update-interval-sec=0", "--find-identity-retry-interval=0"]);
+        assert_eq!(zero.ipt_update_period(), Duration::from_secs(1));
+        assert_eq!(zero.find_identity_retry_pause(), Duration::ZERO);
+        let max = u64::MAX.to_string();
+        let huge = parse(&[
+            "nmi",
+            &format!("--ipt-update-interval-sec={max}"),
+            &format!("--find-identity-retry-interval={max}"),
+            &format!("--termination-wait-sec={max}"),
+        ]);
+        assert_eq!(huge.ipt_update_period(), Duration::from_secs(86400));
+        assert_eq!(huge.find_identity_retry_pause(), MAX_PAUSE);
+        assert_eq!(huge.termination_wait(), MAX_PAUSE);
+        let defaults = parse(&["nmi"]);
+        assert_eq!(defaults.ipt_update_period(), Duration::from_secs(60));
+        assert_eq!(defaults.find_identity_retry_pause(), Duration::from_secs(5));
+        assert_eq!(defaults.termination_wait(), Duration::from_secs(10));
+        assert!(Args::try_parse_from(["nmi", "--ipt-update-interval-sec=-1"]).is_err());
     }
 
     #[test]

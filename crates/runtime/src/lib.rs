@@ -12,7 +12,7 @@ mod signal;
 mod version;
 
 pub use admin::{Health, metrics_router, probe_router, serve};
-pub use kubeclient::{KubeClientError, kube_client};
+pub use kubeclient::{KubeClientError, KubeTimeouts, kube_client, kube_client_with, kube_config};
 pub use logging::{LogFormat, LoggingError, init_tracing};
 pub use signal::shutdown_signal;
 pub use version::{VERSION, user_agent};

@@ -44,6 +44,9 @@ pub struct ArmOptions {
     pub transient_backoff: Duration,
     /// Entries per identity PATCH (ARM's limit: 150).
     pub max_identities_per_request: usize,
+    /// The longest wait a `Retry-After` header can impose (blocking, retrying or polling);
+    /// longer asks are cut to it.
+    pub max_retry_after: Duration,
     /// Receives one observation per operation, for metrics.
     pub observer: Option<Arc<dyn ArmObserver>>,
 }
@@ -59,6 +62,7 @@ impl Default for ArmOptions {
             transient_attempts: 3,
             transient_backoff: Duration::from_secs(1),
             max_identities_per_request: plan::MAX_IDENTITIES_PER_REQUEST,
+            max_retry_after: Duration::from_secs(300),
             observer: None,
         }
     }
@@ -73,6 +77,7 @@ impl std::fmt::Debug for ArmOptions {
             .field("retry_interval", &self.retry_interval)
             .field("transient_attempts", &self.transient_attempts)
             .field("max_identities_per_request", &self.max_identities_per_request)
+            .field("max_retry_after", &self.max_retry_after)
             .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
     }
@@ -299,16 +304,14 @@ impl ArmClient {
                 Ok(r) if !TRANSIENT_STATUSES.contains(&r.status().as_u16()) => {
                     return outcome.map_err(ArmError::Transport);
                 }
-                Ok(r) => header(r.headers(), "retry-after")
-                    .and_then(|v| plan::parse_retry_after(v, SystemTime::now()))
-                    .unwrap_or(backoff),
+                Ok(r) => self.retry_after(r.headers()).unwrap_or(backoff),
                 Err(_) => backoff,
             };
             if attempt >= attempts {
                 return outcome.map_err(ArmError::Transport);
             }
             debug!(%method, attempt, ?wait, "Transient ARM failure, retrying");
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(wait.min(self.options.max_retry_after)).await;
             backoff = backoff.saturating_mul(2);
             attempt += 1;
         }
@@ -316,8 +319,7 @@ impl ArmClient {
 
     /// Reads a failed response, blocking `operation` per its `Retry-After`; 429 is [`ArmError::Throttled`].
     async fn failed(&self, operation: ArmOperation, response: Response) -> ArmError {
-        let retry_after =
-            header(response.headers(), "retry-after").and_then(|v| plan::parse_retry_after(v, SystemTime::now()));
+        let retry_after = self.retry_after(response.headers());
         self.record_retry_after(operation, retry_after);
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             return ArmError::Throttled { operation, retry_after: retry_after.unwrap_or_default() };
@@ -410,7 +412,8 @@ impl ArmClient {
     async fn wait_for_completion(&self, resource_url: &Url, response: Response) -> Result<(), ArmError> {
         let headers = response.headers().clone();
         let status = response.status();
-        let deadline = Instant::now() + self.options.operation_timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(self.options.operation_timeout).unwrap_or(now);
         if let Some(async_url) = header(&headers, "azure-asyncoperation").and_then(|u| Url::parse(u).ok()) {
             return self.poll_async_operation(&async_url, deadline).await;
         }
@@ -430,14 +433,18 @@ impl ArmClient {
         }
     }
 
-    fn poll_delay(&self, headers: &HeaderMap) -> Duration {
+    /// The response's `Retry-After`, capped by [`ArmOptions::max_retry_after`].
+    fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
         header(headers, "retry-after")
-            .and_then(|v| plan::parse_retry_after(v, SystemTime::now()))
-            .unwrap_or(self.options.poll_interval)
+            .and_then(|v| plan::retry_after_within(v, SystemTime::now(), self.options.max_retry_after))
+    }
+
+    fn poll_delay(&self, headers: &HeaderMap) -> Duration {
+        self.retry_after(headers).unwrap_or(self.options.poll_interval)
     }
 
     async fn sleep_until_next_poll(&self, delay: Duration, deadline: Instant) -> Result<(), ArmError> {
-        if Instant::now() + delay > deadline {
+        if delay > deadline.saturating_duration_since(Instant::now()) {
             return Err(ArmError::OperationTimeout(self.options.operation_timeout));
         }
         tokio::time::sleep(delay).await;

@@ -191,10 +191,12 @@ pub fn extract_bad_identities(message: &str) -> Vec<String> {
 // === Retry-After ===
 
 /// `Retry-After` as ARM sends it: positive whole seconds or an RFC 1123 date (in the past or
-/// unreadable means no wait), as the original's `getRetryAfter`.
+/// unreadable means no wait), as the original's `getRetryAfter`. A number too large for `u64`
+/// reads as the longest wait; callers cap it with [`retry_after_within`].
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
         return (secs > 0).then(|| Duration::from_secs(secs));
     }
     let format = time::macros::format_description!(
@@ -203,4 +205,10 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let at = time::PrimitiveDateTime::parse(value, format).ok()?.assume_utc();
     let at = SystemTime::from(at);
     at.duration_since(now).ok().filter(|d| !d.is_zero())
+}
+
+/// [`parse_retry_after`], honoured up to `cap`: a server must not be able to stall us (or
+/// overflow a deadline) with an absurd wait.
+pub fn retry_after_within(value: &str, now: SystemTime, cap: Duration) -> Option<Duration> {
+    parse_retry_after(value, now).map(|wait| wait.min(cap))
 }

@@ -233,6 +233,20 @@ fn retry_after_reads_seconds_and_http_dates() {
     assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
 }
 
+#[test]
+fn absurd_retry_after_values_are_capped_or_ignored() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let cap = Duration::from_secs(300);
+    let within = |v: &str| retry_after_within(v, now, cap);
+    assert_eq!(within("18446744073709551615"), Some(cap));
+    assert_eq!(within("99999999999999999999999999"), Some(cap), "beyond u64 is the longest wait");
+    assert_eq!(within("Fri, 31 Dec 9999 23:59:59 GMT"), Some(cap));
+    assert_eq!(within("120"), Some(Duration::from_secs(120)));
+    for ignored in ["-1", "-18446744073709551615", "1.5", "1e9", "+", "", "5s", "Mon, 01 Jan 0001 00:00:00 GMT"] {
+        assert_eq!(within(ignored), None, "{ignored:?}");
+    }
+}
+
 // --- NodeIdentities ---
 
 #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod relay;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -58,23 +60,21 @@ pub struct World {
 impl World {
     /// A clean cluster state (no leftovers of earlier tests), a fresh simulator, a namespace.
     pub async fn new(tag: &str) -> World {
+        Self::new_on(aadpodid_testkit::shared(), tag).await
+    }
+
+    /// [`World::new`] on a given control plane.
+    pub async fn new_on(cp: &aadpodid_testkit::ControlPlane, tag: &str) -> World {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("aadpodid_mic=info,aadpodid_azure=info"));
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-        let cp = aadpodid_testkit::shared();
         let client = cp.client();
         aadpodid_testkit::install_crds(&client).await.expect("install CRDs");
         reset(&client).await;
         let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
         sim.register_service_principal_secret("mic-sp-client", "mic-sp-secret");
         let env_file = sim.write_azure_stack_environment(true).expect("environment file");
-        let azure_json = sim.state_dir().join("azure.json");
-        let cfg = serde_json::json!({
-            "cloud": "AzureStackCloud", "tenantId": sim.tenant_id(), "subscriptionId": sim.subscription_id(),
-            "aadClientId": "mic-sp-client", "aadClientSecret": "mic-sp-secret",
-            "resourceGroup": RG, "vmType": "vmss",
-        });
-        std::fs::write(&azure_json, cfg.to_string()).expect("azure.json");
+        let azure_json = write_azure_json(&sim, "mic-sp-client", "mic-sp-secret");
         let ns = format!("mic-{tag}");
         let nsapi: Api<Namespace> = Api::all(client.clone());
         let nsobj =
@@ -93,6 +93,54 @@ impl World {
 
     /// MIC's command line for this world; `instance` names the replica.
     pub fn args(&self, instance: &str, extra: &[&str]) -> aadpodid_mic::args::Args {
+        aadpodid_mic::args::Args::try_parse_from(self.argv(instance, extra)).expect("MIC flags")
+    }
+
+    /// The environment MIC needs in this world.
+    pub fn env_vars(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("MIC_POD_NAMESPACE".to_owned(), "default".to_owned()),
+            ("AZURE_ENVIRONMENT_FILEPATH".to_owned(), self.env_file.display().to_string()),
+        ])
+    }
+
+    /// A service principal of its own for one replica, registered in the simulator, and the
+    /// azure.json naming it: the simulator then counts that replica's ARM calls apart.
+    pub fn own_credential(&self, client_id: &str) -> PathBuf {
+        let secret = format!("{client_id}-secret");
+        self.sim.register_service_principal_secret(client_id, &secret);
+        write_azure_json(&self.sim, client_id, &secret)
+    }
+
+    /// A copy of the kubeconfig that reaches the API server through `addr` (e.g. a relay).
+    pub fn kubeconfig_via(&self, addr: std::net::SocketAddr) -> PathBuf {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("read kubeconfig");
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server:"))
+            .map(|s| s.trim().trim_matches('"').to_owned())
+            .expect("server in kubeconfig");
+        let path = self.sim.state_dir().join(format!("kubeconfig-{}", addr.port()));
+        std::fs::write(&path, text.replace(&server, &format!("https://{addr}"))).expect("write kubeconfig");
+        path
+    }
+
+    /// [`World::argv`] with another kubeconfig and cloud config.
+    pub fn argv_with(
+        &self,
+        instance: &str,
+        kubeconfig: &std::path::Path,
+        azure_json: &std::path::Path,
+        extra: &[&str],
+    ) -> Vec<String> {
+        let mut argv = self.argv(instance, extra);
+        argv[1] = format!("--kubeconfig={}", kubeconfig.display());
+        argv[2] = format!("--cloudconfig={}", azure_json.display());
+        argv
+    }
+
+    /// MIC's command line (program name first), for the binary or [`World::args`].
+    pub fn argv(&self, instance: &str, extra: &[&str]) -> Vec<String> {
         let mut argv: Vec<String> = vec![
             "mic".into(),
             format!("--kubeconfig={}", self.kubeconfig.display()),
@@ -109,19 +157,23 @@ impl World {
             argv.push("--enable-type-upgrade=false".into());
         }
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
-        aadpodid_mic::args::Args::try_parse_from(argv).expect("MIC flags")
+        argv
     }
 
     /// Starts MIC in this process with its own clients and tasks.
     pub fn start_mic(&self, instance: &str, extra: &[&str]) -> Mic {
-        let args = self.args(instance, extra);
+        Self::start_args(self.args(instance, extra), self.env_vars())
+    }
+
+    /// Starts MIC in this process from a full command line (see [`World::argv_with`]).
+    pub fn start_mic_argv(&self, argv: Vec<String>) -> Mic {
+        let args = aadpodid_mic::args::Args::try_parse_from(argv).expect("MIC flags");
+        Self::start_args(args, self.env_vars())
+    }
+
+    fn start_args(args: aadpodid_mic::args::Args, vars: BTreeMap<String, String>) -> Mic {
         let ports = (args.http_probe_port, args.prometheus_port);
-        let env = Env {
-            vars: BTreeMap::from([
-                ("MIC_POD_NAMESPACE".to_owned(), "default".to_owned()),
-                ("AZURE_ENVIRONMENT_FILEPATH".to_owned(), self.env_file.display().to_string()),
-            ]),
-        };
+        let env = Env { vars };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(aadpodid_mic::run_until(args, env, async move {
             let _ = stop_rx.await;
@@ -338,6 +390,28 @@ impl World {
         eventually(&what, DEADLINE, || async { self.assigned_status(name).await.is_none().then_some(()) }).await;
     }
 
+    /// Detaches every identity from a scale set through ARM, as someone outside MIC would.
+    pub async fn detach_all_by_hand(&self, vmss: &str) {
+        let url = format!(
+            "{}/subscriptions/{}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}?api-version=2019-12-01",
+            self.sim.arm_url(),
+            self.sim.subscription_id(),
+        );
+        let token = self.sim.arm_token().expect("arm token");
+        let resp = reqwest::Client::new()
+            .patch(url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({"identity": {"type": "None"}}))
+            .send()
+            .await
+            .expect("manual unassign");
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
+        eventually("identities detached by hand", DEADLINE, || async {
+            self.sim.vmss_identities(RG, vmss).is_some_and(|i| i.user_ids().is_empty()).then_some(())
+        })
+        .await;
+    }
+
     pub fn vmss_has(&self, vmss: &str, id: &IdentityInfo) -> bool {
         self.sim.vmss_identities(RG, vmss).is_some_and(|i| i.has_user(&id.id))
     }
@@ -359,6 +433,14 @@ impl Mic {
     /// Kills it abruptly, like a crashed process: nothing is released.
     pub fn kill(self) {
         self.task.abort();
+    }
+
+    /// Waits for it to stop on its own and returns how it ended.
+    pub async fn join(mut self) -> anyhow::Result<()> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::Error::new(e).context("MIC task")),
+        }
     }
 
     /// Asks it to stop and waits.
@@ -386,6 +468,17 @@ impl Drop for Mic {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn write_azure_json(sim: &RunningSim, client_id: &str, secret: &str) -> PathBuf {
+    let path = sim.state_dir().join(format!("azure-{client_id}.json"));
+    let cfg = serde_json::json!({
+        "cloud": "AzureStackCloud", "tenantId": sim.tenant_id(), "subscriptionId": sim.subscription_id(),
+        "aadClientId": client_id, "aadClientSecret": secret,
+        "resourceGroup": RG, "vmType": "vmss",
+    });
+    std::fs::write(&path, cfg.to_string()).expect("azure.json");
+    path
 }
 
 pub fn free_port() -> u16 {
