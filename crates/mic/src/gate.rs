@@ -190,7 +190,7 @@ impl NodeIdentities for GatedArm {
                 Ok(res) => res,
                 Err(e) => {
                     tracing::warn!(%target, "ARM identity update not sent or abandoned: not the leader");
-                    Err(ArmFailure { message: e.to_string(), retry_after: None })
+                    Err(ArmFailure { message: e.to_string(), public: e.to_string(), retry_after: None })
                 }
             }
         })

@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let rules = Rules::new(args.metadata_ip, args.metadata_port, args.listen_address, args.nmi_port);
     install(&rules, args.enable_conntrack_deletion.then_some((args.metadata_ip, args.metadata_port))).await?;
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
-    let period = Duration::from_secs(args.ipt_update_interval_sec.max(1));
+    let period = args.ipt_update_period();
     let reconciler = Reconciler::spawn(rules, period, fatal_tx.clone());
     let outcome = match start(&args, mode, http, listener, fatal_tx).await {
         Ok(()) => tokio::select! {
@@ -147,7 +147,7 @@ fn config(args: &Args, mode: Mode) -> Config {
             assigned: args.retry_attempts_for_assigned,
             interval_secs: args.find_identity_retry_interval,
         },
-        retry_interval: Duration::from_secs(args.find_identity_retry_interval),
+        retry_interval: args.find_identity_retry_pause(),
         metadata_header_required: args.metadata_header_required,
         set_retry_after_header: args.set_retry_after_header,
         block_instance_metadata: args.block_instance_metadata,
@@ -268,8 +268,8 @@ async fn terminate(
     reconciler: Reconciler,
     fatal_rx: &mut mpsc::Receiver<anyhow::Error>,
 ) -> anyhow::Result<()> {
-    let wait = Duration::from_secs(args.termination_wait_sec);
-    tracing::info!(wait_secs = args.termination_wait_sec, "Serving through the termination wait");
+    let wait = args.termination_wait();
+    tracing::info!(wait_secs = wait.as_secs(), "Serving through the termination wait");
     tokio::select! {
         () = tokio::time::sleep(wait) => {}
         Some(err) = fatal_rx.recv() => return Err(err),
