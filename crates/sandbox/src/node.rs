@@ -47,13 +47,19 @@ impl NodeTools {
     pub fn locate() -> Result<Self, String> {
         let bin = std::env::var_os("AADPODID_NODE_BIN").map(PathBuf::from).unwrap_or_else(|| {
             let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-            std::env::var_os("AADPODID_NODE_DIR").map_or_else(|| home.join(".cache/aadpodid/node"), PathBuf::from).join("bin")
+            std::env::var_os("AADPODID_NODE_DIR")
+                .map_or_else(|| home.join(".cache/aadpodid/node"), PathBuf::from)
+                .join("bin")
         });
         let find = |name: &str| {
             let p = bin.join(name);
             if p.is_file() { Ok(p) } else { Err(format!("{} is missing: run `bash hack/build-node.sh`", p.display())) }
         };
-        Ok(Self { kubelet: find("kubelet")?, scheduler: find("kube-scheduler")?, controller_manager: find("kube-controller-manager")? })
+        Ok(Self {
+            kubelet: find("kubelet")?,
+            scheduler: find("kube-scheduler")?,
+            controller_manager: find("kube-controller-manager")?,
+        })
     }
 }
 
@@ -76,6 +82,11 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     } else {
         Err(format!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
     }
+}
+
+/// Puts `addr/32` on `lo` of network namespace `ns`.
+pub(crate) fn ip_addr_add(ns: &str, addr: Ipv4Addr) -> Result<(), String> {
+    run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{addr}/32"), "dev", "lo"]), "ip addr add").map(drop)
 }
 
 // === Controllers ===
@@ -114,7 +125,6 @@ impl Controllers {
             format!("--service-account-private-key-file={}", cp.pki_file("sa.key").display()),
             format!("--root-ca-file={}", cp.pki_file("ca.crt").display()),
             "--use-service-account-credentials=false".to_owned(),
-            "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder".to_owned(),
         ]);
         let controller_manager = Proc::spawn_in_netns(
             "kube-controller-manager".to_owned(),
@@ -174,7 +184,8 @@ impl KubeletNode {
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(dir.join("cni")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).map_err(|e| e.to_string())?;
-        let mut node = Self { name: place.name.clone(), kubelet: None, containerd: None, dir, cgroup: format!("/{id}") };
+        let mut node =
+            Self { name: place.name.clone(), kubelet: None, containerd: None, dir, cgroup: format!("/{id}") };
         node.prepare_network(place)?;
         make_cgroup(&node.cgroup)?;
         node.start_containerd(place)?;
@@ -189,7 +200,7 @@ impl KubeletNode {
     /// The node IP on `lo`, and the `kubernetes` Service stand-in in the node's nat table.
     fn prepare_network(&self, place: &NodePlace) -> Result<(), String> {
         let ns = place.netns.as_str();
-        run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{}/32", place.node_ip), "dev", "lo"]), "ip addr add")?;
+        ip_addr_add(ns, place.node_ip)?;
         let target = place.apiserver.to_string();
         let service = [
             "-d",
@@ -327,12 +338,21 @@ impl KubeletNode {
     /// The log of `container` in pod `namespace/pod` (every restart, oldest first), as the
     /// kubelet wrote it; empty if there is none yet.
     pub fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> String {
-        let prefix = format!("{namespace}_{pod}_");
+        self.pod_logs_matching(&format!("{namespace}_{pod}_"), container)
+    }
+
+    /// Like [`KubeletNode::pod_log`] for every pod whose `<namespace>_<name>_<uid>` starts with
+    /// `prefix`.
+    pub fn pod_logs_matching(&self, prefix: &str, container: &str) -> String {
         let Ok(entries) = std::fs::read_dir(self.dir.join("pod-logs")) else { return String::new() };
         let mut text = String::new();
         for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
-            let mut files: Vec<PathBuf> =
-                std::fs::read_dir(entry.path().join(container)).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(entry.path().join(container))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
             files.sort();
             for f in files {
                 text += &std::fs::read_to_string(f).unwrap_or_default();
@@ -368,7 +388,8 @@ fn make_cgroup(cgroup: &str) -> Result<(), String> {
         if hierarchy.ends_with("cpuset") {
             for file in ["cpuset.cpus", "cpuset.mems"] {
                 let value = std::fs::read_to_string(hierarchy.join(file)).unwrap_or_default();
-                std::fs::write(dir.join(file), value.trim()).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+                std::fs::write(dir.join(file), value.trim())
+                    .map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
             }
         }
     }

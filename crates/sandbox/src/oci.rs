@@ -101,6 +101,21 @@ impl Archive {
         Ok(Self { reference, config, layers, _dir: dir })
     }
 
+    /// The contents of `path` (relative, e.g. `etc/passwd`) as the top-most layer holding it has it.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        for layer in self.layers.iter().rev() {
+            for member in [format!("./{path}"), path.to_owned()] {
+                let out = Command::new("tar").arg("-xzOf").arg(layer).arg(&member).stdin(Stdio::null()).output();
+                if let Ok(out) = out
+                    && out.status.success()
+                {
+                    return Ok(out.stdout);
+                }
+            }
+        }
+        Err(format!("{path} is in no layer of the image"))
+    }
+
     /// Unpacks every layer, bottom first, into `rootfs` (owners and modes kept).
     pub fn unpack(&self, rootfs: &Path) -> Result<(), String> {
         std::fs::create_dir_all(rootfs).map_err(|e| format!("creating {}: {e}", rootfs.display()))?;
@@ -168,7 +183,10 @@ pub fn derive_with_file(
     )?;
     let oci = |tag: &str| format!("oci:{}:{tag}", layout.display());
     run(
-        Command::new("skopeo").args(["copy", "--quiet"]).arg(format!("oci-archive:{}", archive.display())).arg(oci("base")),
+        Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(oci("base")),
         "skopeo copy (unpack archive)",
     )?;
     run(

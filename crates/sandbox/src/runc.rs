@@ -48,7 +48,8 @@ pub struct Container {
 
 /// The OCI runtime spec for `container` on `rootfs`, with cgroups under `cgroup`.
 pub fn spec(rootfs: &Path, container: &Container, cgroup: &str) -> Value {
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    let mut namespaces =
+        vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
     namespaces.push(match &container.netns {
         Some(path) => json!({"type": "network", "path": path}),
         None => json!({"type": "network"}),
@@ -64,7 +65,9 @@ pub fn spec(rootfs: &Path, container: &Container, cgroup: &str) -> Value {
     ];
     for b in &container.binds {
         let mode = if b.readonly { "ro" } else { "rw" };
-        mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": ["rbind", mode]}));
+        mounts.push(
+            json!({"destination": b.destination, "type": "bind", "source": b.source, "options": ["rbind", mode]}),
+        );
     }
     json!({
         "ociVersion": "1.0.2",
@@ -97,7 +100,7 @@ pub fn spec(rootfs: &Path, container: &Container, cgroup: &str) -> Value {
 pub fn run(rootfs: &Path, container: &Container, timeout: Duration) -> Result<Output, String> {
     let dir = tempfile::Builder::new().prefix("aadpodid-runc-").tempdir().map_err(|e| e.to_string())?;
     let id = format!("aadpodid-{}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::SeqCst));
-    let cgroup = format!("/aadpodid-runc/{id}");
+    let cgroup = format!("/{id}");
     let config = spec(rootfs, container, &cgroup);
     std::fs::write(dir.path().join("config.json"), config.to_string()).map_err(|e| e.to_string())?;
     let state = dir.path().join("state");

@@ -64,7 +64,12 @@ impl Unpacked {
 }
 
 fn text(out: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Runs a host command inside `ns`; its output.
@@ -176,9 +181,31 @@ fn nmi_image_conntrack_deletes_tracked_connections_to_imds() {
     let ns = Namespace::create("imgnode").unwrap();
     let flow = |sport: &str| {
         let args = [
-            "-I", "-p", "tcp", "-s", "10.244.0.2", "-d", "169.254.169.254", "--sport", sport, "--dport", "80",
-            "--reply-src", "169.254.169.254", "--reply-dst", "10.244.0.2", "--reply-port-src", "80",
-            "--reply-port-dst", sport, "--state", "ESTABLISHED", "--timeout", "120", "-u", "SEEN_REPLY",
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            "10.244.0.2",
+            "-d",
+            "169.254.169.254",
+            "--sport",
+            sport,
+            "--dport",
+            "80",
+            "--reply-src",
+            "169.254.169.254",
+            "--reply-dst",
+            "10.244.0.2",
+            "--reply-port-src",
+            "80",
+            "--reply-port-dst",
+            sport,
+            "--state",
+            "ESTABLISHED",
+            "--timeout",
+            "120",
+            "-u",
+            "SEEN_REPLY",
         ];
         let out = in_ns(&ns, "conntrack", &args);
         assert!(out.status.success(), "host conntrack -I: {}", text(&out));
@@ -217,13 +244,19 @@ fn dockerfile_and_images_sh_build_the_same_contents() {
         assert!(!a.is_empty() && a == b, "{name}: hack/images.sh has {a:?}, the Dockerfile {b:?}");
     }
     for (user, entry) in [("65532:65532", "/usr/bin/mic"), ("10001", "/usr/bin/nmi")] {
-        assert!(dockerfile.contains(&format!("USER {user}\nENTRYPOINT [\"{entry}\"]")), "Dockerfile: {entry} as {user}");
+        assert!(
+            dockerfile.contains(&format!("USER {user}\nENTRYPOINT [\"{entry}\"]")),
+            "Dockerfile: {entry} as {user}"
+        );
     }
     assert!(script.contains("MIC_USER=65532:65532") && script.contains("NMI_USER=10001"));
     let path = assigned(&script, "IMAGE_PATH");
     assert_eq!(dockerfile.matches(&format!("ENV PATH={path}\n")).count(), 2, "both images' PATH is {path}");
     assert!(dockerfile.contains("COPY hack/images/ "), "the Dockerfile uses hack/images/");
     for kind in ["mic", "nmi"] {
-        assert!(dockerfile.contains(&format!("/finish-rootfs.sh {kind} ")), "the Dockerfile finishes {kind} the same way");
+        assert!(
+            dockerfile.contains(&format!("/finish-rootfs.sh {kind} ")),
+            "the Dockerfile finishes {kind} the same way"
+        );
     }
 }
