@@ -123,9 +123,11 @@ mmdebstrap_nmi() {
 
 # The pods' Python SDK: Debian's python3, the pinned packages as wheels built for it.
 mmdebstrap_sdk() {
-	local hook='python=$(ls "$1"/usr/bin/python3.* | sed -n "s#.*/python\(3\.[0-9]*\)$#\1#p" | head -n 1) &&
-		python3 -m pip install -q --disable-pip-version-check --no-compile --only-binary=:all: \
-			--platform manylinux_2_28_x86_64 --python-version "$python" --implementation cp \
+	local hook='python=$(chroot "$1" python3 -c "import sys; print(\"%d.%d\" % sys.version_info[:2])") &&
+		python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-compile --only-binary=:all: \
+			--platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 \
+			--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+			--python-version "$python" --implementation cp \
 			--target "$1/usr/local/lib/python$python/dist-packages" -r "$REQUIREMENTS"'
 	REQUIREMENTS=$root/tests/python/requirements.txt nice -n 10 mmdebstrap --quiet --variant=essential \
 		--include=python3,ca-certificates --dpkgopt='path-exclude=/usr/share/doc/*' \

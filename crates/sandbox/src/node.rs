@@ -346,7 +346,7 @@ impl KubeletNode {
     pub fn pod_logs_matching(&self, prefix: &str, container: &str) -> String {
         let Ok(entries) = std::fs::read_dir(self.dir.join("pod-logs")) else { return String::new() };
         let mut text = String::new();
-        for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+        for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)) {
             let mut files: Vec<PathBuf> = std::fs::read_dir(entry.path().join(container))
                 .into_iter()
                 .flatten()
