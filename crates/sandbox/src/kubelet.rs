@@ -250,12 +250,31 @@ impl KubeletSandbox {
             return Err(fail("pod recreated")(format!("{first} was not replaced")));
         }
         self.wait_token("myotherapp", &other).await?;
+        self.wait_unassigned(&first).await?;
         say("kubectl get azureassignedidentities -A");
         print!(
             "{}",
             self.kubectl(&["get", "azureassignedidentities", "-A"]).await.map_err(fail("assigned identities"))?
         );
         Ok(())
+    }
+
+    /// Waits until MIC removed the deleted pod's AzureAssignedIdentity.
+    async fn wait_unassigned(&self, pod: &str) -> Result<(), Error> {
+        let step = format!("MIC removes pod {pod}'s assignment");
+        let api = Api::<aadpodid_api::AzureAssignedIdentity>::all(self.client.clone());
+        let start = Instant::now();
+        loop {
+            let all = api.list(&ListParams::default()).await.map_err(|e| fail(&step)(e.to_string()))?;
+            if !all.items.iter().any(|a| a.spec.pod.as_deref() == Some(pod)) {
+                println!("pod {pod}: its AzureAssignedIdentity is gone");
+                return Ok(());
+            }
+            if start.elapsed() > DEADLINE {
+                return Err(fail(&step)(format!("still there\n{}", self.log_tails(20))));
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     fn create_identities(&mut self) {

@@ -429,7 +429,7 @@ fn teardown(dir: &Path, cgroup: &str, stop_runtime: impl FnOnce()) {
     for hierarchy in hierarchies() {
         for d in subdirs_deepest_first(&hierarchy.join(cgroup.trim_start_matches('/'))) {
             for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
+                quiet(Command::new("kill").args(["-KILL", pid]));
             }
         }
     }
@@ -438,7 +438,7 @@ fn teardown(dir: &Path, cgroup: &str, stop_runtime: impl FnOnce()) {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         if cmdline.starts_with("/usr/bin/containerd-shim") && cmdline.contains(&socket) {
-            let _ = Command::new("kill").args(["-KILL", &entry.file_name().to_string_lossy()]).status();
+            quiet(Command::new("kill").args(["-KILL", &entry.file_name().to_string_lossy()]));
         }
     }
     stop_runtime();
@@ -448,7 +448,7 @@ fn teardown(dir: &Path, cgroup: &str, stop_runtime: impl FnOnce()) {
         mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
-        let _ = Command::new("umount").args(["-l", p]).status();
+        quiet(Command::new("umount").args(["-l", p]));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for hierarchy in hierarchies() {
@@ -460,6 +460,11 @@ fn teardown(dir: &Path, cgroup: &str, stop_runtime: impl FnOnce()) {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs a best-effort clean-up command, its output discarded (a process or mount may be gone).
+fn quiet(cmd: &mut Command) {
+    let _ = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 /// Tears down nodes whose creating process is gone (a killed earlier run).
