@@ -11,12 +11,14 @@ for cmd in iptables ip curl openssl setpriv flock nsenter conntrack containerd c
 done
 # The local kubelet nodes: Debian's containerd, runc and CNI plugins (bridge, host-local, loopback).
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+# The image push test's local registry.
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages for: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq iptables iproute2 curl openssl util-linux conntrack \
-    containerd runc containernetworking-plugins gcc libc6-dev >/dev/null
+    containerd runc containernetworking-plugins gcc libc6-dev docker-registry >/dev/null
 fi
 
 echo "setup: control plane and helm (cached after the first build)"

@@ -223,6 +223,62 @@ fn nmi_image_conntrack_deletes_tracked_connections_to_imds() {
     assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "host view: {}", text(&left));
 }
 
+#[test]
+fn images_sh_pushes_both_images_to_a_registry() {
+    // Debian's registry (docker-registry) on a free loopback port, plain HTTP.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.path().join("data").display()
+    );
+    std::fs::write(dir.path().join("config.yml"), config).unwrap();
+    let mut registry = std::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry (apt-get install docker-registry)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let repo = format!("127.0.0.1:{port}/aadpodid");
+    // The release binaries the archives hold; a private output directory (others read target/images).
+    let bins = oci::images_dir().join("../release");
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("hack/images.sh"))
+        .args(["--push", &repo, "--insecure", "--bin-dir"])
+        .arg(&bins)
+        .arg("--out")
+        .arg(dir.path().join("images"))
+        .output()
+        .unwrap();
+    let inspect = |name: &str| {
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--config", &format!("docker://{repo}/{name}:v1.8.17")])
+            .output()
+            .unwrap()
+    };
+    let (mic, nmi) = (inspect("mic"), inspect("nmi"));
+    let _ = registry.kill();
+    let _ = registry.wait();
+    assert!(ready, "the registry did not start");
+    assert!(out.status.success(), "hack/images.sh --push: {}", text(&out));
+    for (name, got, user) in [("mic", mic, "65532:65532"), ("nmi", nmi, "10001")] {
+        let config: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap_or_default();
+        assert_eq!(config["config"]["Entrypoint"][0], format!("/usr/bin/{name}"), "{name}: {}", text(&got));
+        assert_eq!(config["config"]["User"], user, "{name}");
+    }
+}
+
 /// The value of `NAME=...` (a shell assignment or Dockerfile `ARG`) in `text`, unquoted and
 /// whitespace-normalised.
 fn assigned(text: &str, name: &str) -> String {
