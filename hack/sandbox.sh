@@ -8,8 +8,10 @@
 #
 #   bash hack/sandbox.sh              # the walkthrough; exit 0 when every step worked
 #   bash hack/sandbox.sh --stay-up    # then keep it up to try more, Ctrl-C cleans up
+#   bash hack/sandbox.sh --kubelet    # MIC and NMI from the images, on two real kubelet nodes
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash hack/setup.sh
+for arg in "$@"; do if [[ $arg == --kubelet ]]; then bash hack/images.sh --node; fi; done
 cargo build -q -p aadpodid-mic -p aadpodid-nmi -p aadpodid-sandbox
 exec cargo run -q -p aadpodid-sandbox --bin sandbox -- "$@"

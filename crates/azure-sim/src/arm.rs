@@ -546,14 +546,26 @@ fn authenticate(sim: &Simulator, headers: &HeaderMap) -> Result<String, ArmError
 }
 
 /// ARM accepts the public-cloud management audiences, and its own base URLs (the original MIC asks for a
-/// token for `resourceManagerEndpoint`).
+/// token for `resourceManagerEndpoint`), also under the extra names of its certificate
+/// ([`crate::SimConfig::tls_names`], e.g. an address clients in network namespaces reach it by).
 fn arm_audience_ok(sim: &Simulator, aud: &str) -> bool {
     let norm = |s: &str| s.trim_end_matches('/').to_ascii_lowercase().replace("://localhost:", "://127.0.0.1:");
     let aud = norm(aud);
     let e = sim.endpoints();
-    ["https://management.azure.com", "https://management.core.windows.net", &e.arm_http, &e.arm_https]
-        .iter()
-        .any(|a| norm(a) == aud)
+    let mut allowed = vec![
+        "https://management.azure.com".to_owned(),
+        "https://management.core.windows.net".to_owned(),
+        e.arm_http.clone(),
+        e.arm_https.clone(),
+    ];
+    for base in [&e.arm_http, &e.arm_https] {
+        if let Some((scheme, port)) =
+            base.split_once("://").and_then(|(s, rest)| rest.rsplit_once(':').map(|(_, p)| (s, p)))
+        {
+            allowed.extend(sim.inner.tls_names.iter().map(|name| format!("{scheme}://{name}:{port}")));
+        }
+    }
+    allowed.iter().any(|a| norm(a) == aud)
 }
 
 #[cfg(test)]

@@ -164,6 +164,8 @@ pub(crate) struct Inner {
     pub(crate) subscription_id: String,
     pub(crate) aad_token_lifetime: Duration,
     pub(crate) imds_token_lifetime: Duration,
+    /// [`SimConfig::tls_names`]: other names ARM is reached by, valid in token audiences too.
+    pub(crate) tls_names: Vec<String>,
     pub(crate) http: reqwest::Client,
     runtime: tokio::runtime::Handle,
 }
@@ -227,6 +229,7 @@ impl Simulator {
                 subscription_id: cfg.subscription_id.clone(),
                 aad_token_lifetime: cfg.aad_token_lifetime,
                 imds_token_lifetime: cfg.imds_token_lifetime,
+                tls_names: cfg.tls_names.clone(),
                 http,
                 runtime,
             }),

@@ -22,6 +22,10 @@
 //! Needs root, `ip`, `iptables`, `curl`, `setpriv` and Python with azure-identity
 //! (`hack/setup.sh` installs them).
 
+pub mod kubelet;
+pub mod node;
+pub mod oci;
+pub mod runc;
 mod workload;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -157,6 +157,29 @@ impl Proc {
         Ok(Self { what, log, child: Some(child) })
     }
 
+    /// Starts `program args` with exactly `env` (no `PATH` added), its network namespace joined
+    /// with `nsenter --net` when `netns` is given: unlike `ip netns exec`, the mount namespace
+    /// stays the host's, so a kubelet and its container runtime see each other's mounts.
+    pub(crate) fn spawn_in_netns(
+        what: String,
+        netns: Option<&str>,
+        program: &Path,
+        args: &[String],
+        env: &BTreeMap<String, String>,
+        log: PathBuf,
+    ) -> Result<Self, String> {
+        let file = std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let err = file.try_clone().map_err(|e| format!("cloning a log handle: {e}"))?;
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"]);
+        if let Some(ns) = netns {
+            cmd.args(["nsenter", &format!("--net=/var/run/netns/{ns}"), "--"]);
+        }
+        cmd.arg(program).args(args).env_clear().envs(env).stdin(Stdio::null()).stdout(file).stderr(err);
+        let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", program.display()))?;
+        Ok(Self { what, log, child: Some(child) })
+    }
+
     /// The process id (of the binary itself: setpriv and `ip netns exec` both exec).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

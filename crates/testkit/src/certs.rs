@@ -32,8 +32,14 @@ impl Pki {
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-        let mut serving = CertificateParams::new(vec!["localhost".to_owned(), "kubernetes.default".to_owned()])?;
+        let mut serving = CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "kubernetes.default".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+        ])?;
         serving.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        // The `kubernetes` Service's ClusterIP, for in-cluster clients on kubelet nodes.
+        serving.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(crate::controlplane::KUBERNETES_SERVICE_IP)));
         serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

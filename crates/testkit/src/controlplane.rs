@@ -30,11 +30,18 @@ const AUDIT_LOG: &str = "audit.log";
 const AUDIT_POLICY: &str =
     "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n";
 
+/// The `kubernetes` Service's ClusterIP: the first address of `--service-cluster-ip-range`.
+pub const KUBERNETES_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 1);
+
 /// How to start a private control plane; the default is what [`ControlPlane::start`] does.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Write an apiserver audit log at level `Metadata` ([`ControlPlane::audit_log_path`]).
     pub audit_metadata: bool,
+    /// Keep the `ServiceAccount` admission plugin on, so pods get their service account's token
+    /// volume; only for clusters where a controller manager creates the default accounts and
+    /// publishes `kube-root-ca.crt` (the sandbox's kubelet nodes).
+    pub service_account_admission: bool,
 }
 
 /// A running kube-apiserver backed by its own etcd. See the crate docs for what it lacks.
@@ -82,7 +89,7 @@ impl ControlPlane {
         let tools = tokio::task::spawn_blocking(Tools::locate)
             .await
             .map_err(|e| Error::Io { what: "locating tools".to_owned(), source: std::io::Error::other(e) })??;
-        Self::start_with_options(tools, Options { audit_metadata: true }).await
+        Self::start_with_options(tools, Options { audit_metadata: true, ..Options::default() }).await
     }
 
     /// Starts a private control plane from the given binaries with `options`.
@@ -116,6 +123,9 @@ impl ControlPlane {
 
         let issuer = format!("https://127.0.0.1:{}", ports.apiserver);
         let mut args = apiserver_args(dir.path(), &ports, &issuer);
+        if options.service_account_admission {
+            args.retain(|a| a != DISABLE_SA_ADMISSION);
+        }
         if options.audit_metadata {
             let policy = dir.path().join("audit-policy.yaml");
             write(&policy, AUDIT_POLICY)?;
@@ -174,6 +184,12 @@ impl ControlPlane {
     /// exists only for a control plane started with [`Options::audit_metadata`].
     pub fn audit_log_path(&self) -> PathBuf {
         self.dir.path().join(AUDIT_LOG)
+    }
+
+    /// A file of the control plane's PKI: `ca.crt`, `sa.key` (the service-account signing key
+    /// a controller manager needs), `sa.pub`, `admin.crt`, `admin.key`.
+    pub fn pki_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join("pki").join(name)
     }
 
     /// The temporary directory holding logs, PKI, etcd data and the kubeconfig.
@@ -263,6 +279,8 @@ fn etcd_args(dir: &Path, p: &Ports) -> Vec<String> {
     ]
 }
 
+const DISABLE_SA_ADMISSION: &str = "--disable-admission-plugins=ServiceAccount";
+
 /// envtest's flags plus what a loopback-only 1.34 apiserver needs.
 fn apiserver_args(dir: &Path, p: &Ports, issuer: &str) -> Vec<String> {
     let pki = dir.join("pki");
@@ -282,7 +300,7 @@ fn apiserver_args(dir: &Path, p: &Ports, issuer: &str) -> Vec<String> {
         "--allow-privileged=true".to_owned(),
         "--authorization-mode=RBAC".to_owned(),
         // No controller creates default service accounts, so the plugin would reject every pod.
-        "--disable-admission-plugins=ServiceAccount".to_owned(),
+        DISABLE_SA_ADMISSION.to_owned(),
         format!("--service-account-issuer={issuer}"),
         format!("--service-account-key-file={}", f("sa.pub")),
         format!("--service-account-signing-key-file={}", f("sa.key")),

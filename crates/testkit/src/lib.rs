@@ -47,7 +47,7 @@ mod process;
 mod tools;
 mod wait;
 
-pub use controlplane::{ControlPlane, Options, shared};
+pub use controlplane::{ControlPlane, KUBERNETES_SERVICE_IP, Options, shared};
 pub use crds::install_crds;
 pub use error::Error;
 pub use namespace::{TEMP_NAMESPACE_LABEL, TempNamespace, with_temp_ns};

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use aadpodid_sandbox::kubelet::KubeletSandbox;
 use aadpodid_sandbox::{Config, Sandbox};
 use clap::Parser;
 
@@ -18,6 +19,10 @@ struct Args {
     /// Extra `--set key=value` for helm install; repeatable.
     #[arg(long = "set")]
     helm_set: Vec<String>,
+    /// Run MIC and NMI from the images (`hack/images.sh --node`) on two real kubelet nodes
+    /// (`hack/build-node.sh`) instead of as host processes.
+    #[arg(long)]
+    kubelet: bool,
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -34,6 +39,9 @@ async fn interrupted() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.kubelet {
+        return on_kubelet_nodes(args.stay_up).await;
+    }
     let started = Instant::now();
     let mut cfg = match Config::locate() {
         Ok(c) => c,
@@ -84,4 +92,37 @@ async fn main() -> std::process::ExitCode {
     }
     println!("sandbox: cleaned up (network namespaces, simulator and control plane removed).");
     code
+}
+
+/// `--kubelet`: the walkthrough on real nodes.
+async fn on_kubelet_nodes(stay_up: bool) -> std::process::ExitCode {
+    let started = Instant::now();
+    let mut sandbox = tokio::select! {
+        r = KubeletSandbox::start() => match r {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("\nsandbox: FAILED at step: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        () = interrupted() => return std::process::ExitCode::FAILURE,
+    };
+    let outcome = tokio::select! {
+        r = sandbox.seed_flow() => r.map_err(|e| e.to_string()),
+        () = interrupted() => Err("interrupted".to_owned()),
+    };
+    match outcome {
+        Ok(()) => {
+            println!("\nsandbox: every step worked on kubelet nodes ({:.1} s).", started.elapsed().as_secs_f64());
+            if stay_up {
+                println!("{}", sandbox.stay_up_help());
+                interrupted().await;
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("\nsandbox: FAILED at step: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
