@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aadpodid_azure::HttpOptions;
 use aadpodid_azure::arm::{
     Arm, ArmClient, ArmCredential, ArmError, ArmObserver, ArmOperation, ArmOptions, ArmTokenProvider, IdentityType,
-    StaticToken, TokenSource, VmTarget,
+    ProtectedClientIds, StaticToken, TokenSource, VmTarget,
 };
 use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig};
 use aadpodid_azure::token::{AadClient, ClientCertificate, IdentitySelector, ImdsClient, RetryPolicy, TokenError};
@@ -168,6 +168,47 @@ async fn the_system_assigned_identity_survives_adding_and_removing_user_identiti
     assert_eq!(back.identity_type, Some(IdentityType::SystemAssigned));
     assert_eq!(back.principal_id.as_deref(), Some(principal.as_str()));
     assert!(back.user_assigned.is_empty());
+}
+
+/// Whatever the caller asks to detach, identities whose client ID ARM reports as protected stay
+/// on the scale set (and on a VM); the others go, and additions in the same update still happen.
+#[tokio::test]
+async fn identities_arm_reports_with_a_protected_client_id_are_never_detached() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let (kubelet, pinned) = (
+        sim.sim().create_user_assigned_identity(RG, "agentpool"),
+        sim.sim().create_user_assigned_identity(RG, "pinned"),
+    );
+    let options = ArmOptions {
+        protected: ProtectedClientIds::new([kubelet.client_id.to_uppercase(), pinned.client_id.clone()]),
+        ..fast_options(&Arc::new(Recorder::default()))
+    };
+    let tokens: Arc<dyn TokenSource> = Arc::new(StaticToken(sim.sim().arm_token().unwrap()));
+    let arm = ArmClient::new(&cloud_config(&sim), &environment(&sim, false), tokens, options).unwrap();
+    sim.sim().create_vmss(RG, "pool", 2);
+    sim.sim().create_vm(RG, "vm-1");
+    let (app, late) = (uami(&sim, "app"), uami(&sim, "late"));
+    for target in [VmTarget::Vmss("pool".into()), VmTarget::Vm("vm-1".into())] {
+        let all = [kubelet.id.clone(), pinned.id.clone(), app.clone()];
+        arm.update_user_msi(&target, &all, &[]).await.unwrap();
+        let seen = arm.identities(&target).await.unwrap();
+        assert_eq!(
+            seen.client_ids.get(&kubelet.id.to_lowercase()),
+            Some(&kubelet.client_id),
+            "ARM's client IDs are read"
+        );
+
+        let remove: Vec<String> = all.iter().map(|id| id.to_uppercase()).collect();
+        arm.update_user_msi(&target, from_ref(&late), &remove).await.unwrap();
+        let after = arm.identities(&target).await.unwrap();
+        assert_eq!(after.user_assigned, lower(&[&kubelet.id, &pinned.id, &late]), "{target}");
+        assert_eq!(after.identity_type, Some(IdentityType::UserAssigned));
+
+        let writes_before = sim.sim().arm_writes(if target.is_vmss() { "vmss" } else { "vm" }, target.name());
+        arm.update_user_msi(&target, &[], &[kubelet.id.clone(), pinned.id.clone()]).await.unwrap();
+        let writes_after = sim.sim().arm_writes(if target.is_vmss() { "vmss" } else { "vm" }, target.name());
+        assert_eq!(writes_after, writes_before, "only protected removals: no PATCH at all");
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use aadpodid_azure::HttpOptions;
 use aadpodid_azure::arm::{
-    Arm, ArmClient, ArmCredential, ArmError, ArmObserver, ArmOperation, ArmOptions, ArmTokenProvider, VmTarget,
+    Arm, ArmClient, ArmCredential, ArmError, ArmObserver, ArmOperation, ArmOptions, ArmTokenProvider,
+    ProtectedClientIds, VmTarget,
 };
 use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig, CloudError};
 use aadpodid_azure::token::{AadClient, DEFAULT_IMDS_URL, ImdsClient, RetryPolicy, TokenError};
@@ -106,6 +107,8 @@ struct Settings {
     env: HashMap<String, String>,
     http: HttpOptions,
     options: ArmOptions,
+    /// `--immutable-user-msis`.
+    immutable: Vec<String>,
 }
 
 /// The current ARM client and how to rebuild it.
@@ -135,7 +138,9 @@ impl ArmSource {
             ..ArmOptions::default()
         };
         let cloudconfig = Some(PathBuf::from(&args.cloudconfig)).filter(|p| !p.as_os_str().is_empty());
-        let settings = Settings { cloudconfig, env: env.vars.clone().into_iter().collect(), http, options };
+        let immutable = args.immutable_user_msis.split(',').map(str::to_owned).collect();
+        let env = env.vars.clone().into_iter().collect();
+        let settings = Settings { cloudconfig, env, http, options, immutable };
         let modified = settings.cloudconfig.as_ref().and_then(mtime);
         let (config, current) = build(&settings)?;
         Ok(Self { settings, config, current, modified })
@@ -180,6 +185,12 @@ fn mtime(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// What the ARM client never detaches, judged by ARM's own client IDs: the immutable client IDs
+/// and the cluster identity of this config (so a reloaded config protects its own).
+fn protected(immutable: &[String], config: &CloudConfig) -> ProtectedClientIds {
+    ProtectedClientIds::new(immutable.iter().map(String::as_str).chain([config.user_assigned_identity_id.as_str()]))
+}
+
 fn build(s: &Settings) -> Result<(CloudConfig, Arc<dyn NodeIdentities>), ArmSetupError> {
     let config = match &s.cloudconfig {
         Some(path) => CloudConfig::from_file(path)?,
@@ -189,7 +200,8 @@ fn build(s: &Settings) -> Result<(CloudConfig, Arc<dyn NodeIdentities>), ArmSetu
     let credential = ArmCredential::from_cloud_config(&config, &environment);
     let imds = ImdsClient::with_options(DEFAULT_IMDS_URL, &s.http, RetryPolicy::adal())?;
     let tokens = ArmTokenProvider::new(credential, environment.management_resource(), AadClient::new(&s.http)?, imds);
-    let client = ArmClient::new(&config, &environment, Arc::new(tokens), s.options.clone())?;
+    let options = ArmOptions { protected: protected(&s.immutable, &config), ..s.options.clone() };
+    let client = ArmClient::new(&config, &environment, Arc::new(tokens), options)?;
     tracing::info!(config = ?config, arm = %environment.resource_manager_endpoint, "Cloud provider initialised");
     Ok((config, Arc::new(AzureArm(Arc::new(client)))))
 }
@@ -200,6 +212,17 @@ mod tests {
 
     const THEIRS: &str = "/subscriptions/0f0e0d0c-aaaa-bbbb-cccc-ddddeeeeffff/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/theirs";
     const PRINCIPAL: &str = "9a8b7c6d-1111-2222-3333-444455556666";
+
+    #[test]
+    fn the_cluster_identity_and_the_immutable_ones_are_protected_and_blanks_are_not() {
+        let config = CloudConfig { user_assigned_identity_id: "Kubelet-Client".into(), ..CloudConfig::default() };
+        let immutable: Vec<String> = "a-client,,B-Client".split(',').map(str::to_owned).collect();
+        let p = protected(&immutable, &config);
+        assert_eq!(p.len(), 3);
+        assert!(p.contains("kubelet-client") && p.contains("A-CLIENT") && p.contains("b-client"));
+        let none = protected(&[String::new()], &CloudConfig::default());
+        assert!(none.is_empty(), "an empty flag and no cluster identity protect nothing");
+    }
 
     #[test]
     fn arm_failures_show_events_no_identity_and_logs_no_client_id() {

@@ -511,6 +511,50 @@ async fn another_namespace_naming_the_same_resource_id_cannot_detach_it() {
     assert_eq!(w.assigned_status(&w.assigned_name("app", "id")).await.as_deref(), Some("Assigned"));
 }
 
+/// A namespace names the cluster identity's and an immutable identity's resource IDs with
+/// made-up client IDs, gets them "assigned" (they are on the scale set already) and deletes its
+/// pod: both stay on the scale set, because ARM's own client IDs for them are protected. The
+/// pod's third, ordinary identity is detached, so the removal path did run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_client_ids_cannot_detach_the_cluster_identity_or_an_immutable_one() {
+    let _serial = serial().await;
+    let w = World::new("immut").await;
+    let nodes = w.vmss_nodes("immpool", 1).await;
+    let kubelet = w.sim.create_user_assigned_identity(support::RG, "immpool-agentpool");
+    let pinned = w.sim.create_user_assigned_identity("id-rg", "immut-pinned");
+    w.set_cluster_identity(&kubelet.client_id);
+    w.attach_by_hand("virtualMachineScaleSets", "immpool", &kubelet.id).await;
+    w.attach_by_hand("virtualMachineScaleSets", "immpool", &pinned.id).await;
+    assert!(w.vmss_has("immpool", &kubelet) && w.vmss_has("immpool", &pinned));
+
+    let evil = "mic-immut-evil";
+    w.namespace(evil).await;
+    w.identity_in(evil, "kubelet", &kubelet.id, "00000000-0000-0000-0000-00000000e0e1").await;
+    w.identity_in(evil, "pinned", &pinned.id, "00000000-0000-0000-0000-00000000e0e2").await;
+    let own = w.sim.create_user_assigned_identity("id-rg", "immut-own");
+    w.identity_in(evil, "own", &own.id, &own.client_id).await;
+    for id in ["kubelet", "pinned", "own"] {
+        w.binding_in(evil, &format!("b-{id}"), id, "evil").await;
+    }
+    w.pod_in(evil, "x", &nodes[0], "evil").await;
+    let immutable = format!("--immutable-user-msis={}", pinned.client_id.to_ascii_uppercase());
+    let _mic = w.start_mic("mic-immut", &[&immutable]);
+    let names: Vec<String> = ["kubelet", "pinned", "own"].iter().map(|id| format!("x-{evil}-{id}")).collect();
+    for name in &names {
+        w.wait_assigned(name).await;
+    }
+    assert!(w.vmss_has("immpool", &own));
+
+    w.delete_pod_in(evil, "x").await;
+    for name in &names {
+        w.wait_gone(name).await;
+    }
+    eventually("ARM operations done", DEADLINE, || async { w.sim.all_operations_done().then_some(()) }).await;
+    assert!(!w.vmss_has("immpool", &own), "the pod's ordinary identity is detached");
+    assert!(w.vmss_has("immpool", &kubelet), "the cluster identity stays on the scale set");
+    assert!(w.vmss_has("immpool", &pinned), "the immutable identity stays on the scale set");
+}
+
 // === Assignments left `Created` ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use super::plan::{self, Change, IdentityPatch, IdentityType};
-use super::{Arm, ArmError, ArmObserver, ArmOperation, NodeIdentities, TokenSource, UpdateDecision, VmTarget};
+use super::{
+    Arm, ArmError, ArmObserver, ArmOperation, NodeIdentities, ProtectedClientIds, TokenSource, UpdateDecision, VmTarget,
+};
 use crate::cloud::{AzureEnvironment, CloudConfig};
 use crate::http::HttpOptions;
 
@@ -49,6 +51,8 @@ pub struct ArmOptions {
     pub max_retry_after: Duration,
     /// Receives one observation per operation, for metrics.
     pub observer: Option<Arc<dyn ArmObserver>>,
+    /// Identities never detached, recognised by the client ID ARM reports for them.
+    pub protected: ProtectedClientIds,
 }
 
 impl Default for ArmOptions {
@@ -64,6 +68,7 @@ impl Default for ArmOptions {
             max_identities_per_request: plan::MAX_IDENTITIES_PER_REQUEST,
             max_retry_after: Duration::from_secs(300),
             observer: None,
+            protected: ProtectedClientIds::default(),
         }
     }
 }
@@ -79,6 +84,7 @@ impl std::fmt::Debug for ArmOptions {
             .field("max_identities_per_request", &self.max_identities_per_request)
             .field("max_retry_after", &self.max_retry_after)
             .field("observer", &self.observer.is_some())
+            .field("protected", &self.protected)
             .finish_non_exhaustive()
     }
 }
@@ -165,13 +171,19 @@ impl Resource {
     fn into_identities(self) -> NodeIdentities {
         let provisioning_state = self.properties.and_then(|p| p.provisioning_state);
         let Some(identity) = self.identity else { return NodeIdentities { provisioning_state, ..Default::default() } };
-        let mut user_assigned: Vec<String> =
-            identity.user_assigned_identities.unwrap_or_default().into_keys().map(|id| id.to_lowercase()).collect();
+        let entries = identity.user_assigned_identities.unwrap_or_default();
+        let mut user_assigned: Vec<String> = entries.keys().map(|id| id.to_lowercase()).collect();
         user_assigned.sort();
         user_assigned.dedup();
+        let client_ids = entries
+            .iter()
+            .filter_map(|(id, v)| Some((id.to_lowercase(), v.get("clientId")?.as_str()?.to_owned())))
+            .filter(|(_, client_id)| !client_id.is_empty())
+            .collect();
         NodeIdentities {
             identity_type: Some(IdentityType::parse(identity.type_.as_deref().unwrap_or_default())),
             user_assigned,
+            client_ids,
             principal_id: identity.principal_id.filter(|s| !s.is_empty()),
             tenant_id: identity.tenant_id.filter(|s| !s.is_empty()),
             provisioning_state,
@@ -519,6 +531,12 @@ impl ArmClient {
             return Ok(());
         }
         let current = self.get_resource(target).await?;
+        let removals = current.split_removals(remove, &self.options.protected);
+        if !removals.kept.is_empty() {
+            let names: Vec<&str> = removals.kept.iter().filter_map(|id| id.rsplit('/').next()).collect();
+            warn!(%target, kept = ?names, "Not detaching identities whose client ID ARM reports as protected");
+        }
+        let remove = removals.allowed.as_slice();
         let patch = match current.decide_update(add, remove) {
             UpdateDecision::NoChange => {
                 debug!(%target, "Identities already as wanted, no PATCH");

@@ -9,6 +9,7 @@ mod client;
 mod credential;
 pub mod plan;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -182,6 +183,9 @@ pub struct NodeIdentities {
     pub identity_type: Option<IdentityType>,
     /// User-assigned identity resource IDs, lower-cased and sorted.
     pub user_assigned: Vec<String>,
+    /// ARM's own client ID of each user-assigned identity, by lower-cased resource ID (absent
+    /// when ARM reports none). This, not what an AzureIdentity claims, says which identity it is.
+    pub client_ids: BTreeMap<String, String>,
     /// The system-assigned identity's principal ID, if any.
     pub principal_id: Option<String>,
     /// The system-assigned identity's tenant ID, if any.
@@ -218,11 +222,68 @@ impl NodeIdentities {
         }
     }
 
+    /// Splits `remove` into what may be detached and what must stay: an attached identity whose
+    /// client ID, as ARM reports it, is protected stays whatever the caller believes it is. While
+    /// anything is protected, an attached identity ARM reports no client ID for stays too: it
+    /// cannot be told apart from a protected one.
+    pub fn split_removals(&self, remove: &[String], protected: &ProtectedClientIds) -> Removals {
+        let mut out = Removals::default();
+        for id in remove {
+            let key = id.to_lowercase();
+            let keep = !protected.is_empty()
+                && self.has_user_assigned(&key)
+                && self.client_ids.get(&key).is_none_or(|client_id| protected.contains(client_id));
+            if keep { out.kept.push(id.clone()) } else { out.allowed.push(id.clone()) }
+        }
+        out
+    }
+
     /// Whether `id` (any case) is attached.
     pub fn has_user_assigned(&self, id: &str) -> bool {
         let id = id.to_lowercase();
         self.user_assigned.binary_search(&id).is_ok()
     }
+}
+
+// === Protected identities ===
+
+/// Client IDs whose identities an update never detaches from a VM or scale set (the cluster
+/// identity and `--immutable-user-msis`), compared ignoring case. Its `Debug` shows only how
+/// many there are: client IDs are not logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ProtectedClientIds(BTreeSet<String>);
+
+impl ProtectedClientIds {
+    /// Blank entries are ignored.
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(client_ids: I) -> Self {
+        Self(client_ids.into_iter().map(|s| s.as_ref().trim().to_lowercase()).filter(|s| !s.is_empty()).collect())
+    }
+
+    /// Whether `client_id` (any case, surrounding blanks ignored) is protected.
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.0.contains(&client_id.trim().to_lowercase())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Debug for ProtectedClientIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProtectedClientIds({} client IDs)", self.0.len())
+    }
+}
+
+/// [`NodeIdentities::split_removals`]: the IDs to detach, and the protected ones kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removals {
+    pub allowed: Vec<String>,
+    pub kept: Vec<String>,
 }
 
 // === ArmError ===
@@ -288,7 +349,8 @@ impl ArmError {
 pub trait Arm: Send + Sync {
     /// The identities on a VM or scale set.
     async fn identities(&self, target: &VmTarget) -> Result<NodeIdentities, ArmError>;
-    /// Attaches `add` and detaches `remove` (§2.7). Both empty is a no-op.
+    /// Attaches `add` and detaches `remove`. Both empty is a no-op. An identity whose
+    /// client ID ARM reports as protected ([`ArmOptions::protected`]) is never detached.
     async fn update_user_msi(&self, target: &VmTarget, add: &[String], remove: &[String]) -> Result<(), ArmError>;
 }
 

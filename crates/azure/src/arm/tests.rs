@@ -277,3 +277,69 @@ fn a_resource_without_identity_block_is_planned_like_type_none() {
     let UpdateDecision::Patch(patch) = bare.decide_update(&ids(&["/a"]), &[]) else { panic!("expected a patch") };
     assert_eq!(patch.identity_type, IdentityType::UserAssigned);
 }
+
+// --- protected identities ---
+
+const KUBELET: &str =
+    "/subscriptions/s/resourcegroups/mc/providers/microsoft.managedidentity/userassignedidentities/agentpool";
+const PINNED: &str =
+    "/subscriptions/s/resourcegroups/rg/providers/microsoft.managedidentity/userassignedidentities/pinned";
+const APP: &str = "/subscriptions/s/resourcegroups/rg/providers/microsoft.managedidentity/userassignedidentities/app";
+
+/// A scale set carrying the cluster identity, a pinned identity and an app identity, with the
+/// client IDs ARM reports for them.
+fn carrying_three() -> NodeIdentities {
+    let mut user_assigned = ids(&[KUBELET, PINNED, APP]);
+    user_assigned.sort();
+    NodeIdentities {
+        identity_type: Some(IdentityType::UserAssigned),
+        user_assigned,
+        client_ids: [(KUBELET, "aaaa-kubelet"), (PINNED, "bbbb-pinned"), (APP, "cccc-app")]
+            .iter()
+            .map(|(id, c)| ((*id).to_owned(), (*c).to_owned()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn protected_identities_are_recognised_by_arms_client_id_not_the_callers_claim() {
+    let node = carrying_three();
+    let protected = ProtectedClientIds::new(["AAAA-KUBELET", " bbbb-pinned ", ""]);
+    let remove = ids(&[&KUBELET.to_uppercase(), PINNED, APP]);
+    let split = node.split_removals(&remove, &protected);
+    assert_eq!(split.kept, ids(&[&KUBELET.to_uppercase(), PINNED]));
+    assert_eq!(split.allowed, ids(&[APP]));
+    let UpdateDecision::Patch(patch) = node.decide_update(&[], &split.allowed) else { panic!("expected a patch") };
+    assert_eq!(patch.delta, delta(&[(APP, Change::Remove)]));
+    assert_eq!(patch.identity_type, IdentityType::UserAssigned, "the protected ones stay, so the type does");
+}
+
+#[test]
+fn nothing_protected_or_nothing_attached_removes_as_asked() {
+    let node = carrying_three();
+    let remove = ids(&[KUBELET, "/not/attached"]);
+    let split = node.split_removals(&remove, &ProtectedClientIds::default());
+    assert_eq!((split.allowed, split.kept), (remove.clone(), vec![]));
+    let split = node.split_removals(&ids(&["/not/attached"]), &ProtectedClientIds::new(["aaaa-kubelet"]));
+    assert_eq!(split.allowed, ids(&["/not/attached"]), "nothing to detach; the PATCH planner ignores it");
+}
+
+#[test]
+fn an_attached_identity_without_a_client_id_from_arm_is_kept_while_anything_is_protected() {
+    let mut node = carrying_three();
+    node.client_ids.remove(APP);
+    let split = node.split_removals(&ids(&[APP]), &ProtectedClientIds::new(["aaaa-kubelet"]));
+    assert_eq!((split.allowed, split.kept), (vec![], ids(&[APP])));
+    let split = node.split_removals(&ids(&[APP]), &ProtectedClientIds::default());
+    assert_eq!(split.allowed, ids(&[APP]));
+}
+
+#[test]
+fn protected_client_ids_are_not_shown_in_debug_output() {
+    let protected = ProtectedClientIds::new(["aaaa-kubelet", "bbbb-pinned"]);
+    let text = format!("{protected:?} {:?}", ArmOptions { protected: protected.clone(), ..ArmOptions::default() });
+    assert!(!text.contains("kubelet") && !text.contains("pinned"), "{text}");
+    assert!(text.contains("2 client IDs"), "{text}");
+    assert!(protected.contains("AAAA-Kubelet") && !protected.contains("cccc-app"));
+}

@@ -91,6 +91,15 @@ impl World {
         }
     }
 
+    /// Names `client_id` as the cluster identity (`userAssignedIdentityID`) in azure.json; the
+    /// credential stays the service principal.
+    pub fn set_cluster_identity(&self, client_id: &str) {
+        let text = std::fs::read_to_string(&self.azure_json).expect("read azure.json");
+        let mut cfg: serde_json::Value = serde_json::from_str(&text).expect("azure.json is JSON");
+        cfg["userAssignedIdentityID"] = serde_json::Value::from(client_id);
+        std::fs::write(&self.azure_json, cfg.to_string()).expect("write azure.json");
+    }
+
     /// MIC's command line for this world; `instance` names the replica.
     pub fn args(&self, instance: &str, extra: &[&str]) -> aadpodid_mic::args::Args {
         aadpodid_mic::args::Args::try_parse_from(self.argv(instance, extra)).expect("MIC flags")
