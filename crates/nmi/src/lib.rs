@@ -13,6 +13,7 @@ pub mod cache;
 pub mod errors;
 pub mod iptables;
 pub mod metrics;
+pub mod policy;
 pub mod query;
 mod run;
 pub mod select;

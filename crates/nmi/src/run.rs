@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aadpodid_azure::HttpOptions;
-use aadpodid_azure::token::{AadClient, ImdsClient};
+use aadpodid_azure::token::{AadClient, ImdsClient, ImdsLimiter};
 use aadpodid_runtime::{Health, LogFormat};
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
@@ -21,12 +21,16 @@ use crate::server::{self, AppState, Config, Mode};
 use crate::store::{KubeSecrets, KubeStore};
 use crate::tokens::AzureTokens;
 
+/// How often cached tokens in use are checked for a background refresh.
+const TOKEN_REFRESH_PERIOD: Duration = Duration::from_secs(10);
+
 /// Runs NMI until a termination signal, then cleans up. An error is fatal (exit 1).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let format: LogFormat = args.log_format.parse()?;
     aadpodid_runtime::init_tracing(format, args.klog.v)?;
     let mode = parse_mode(&args.operation_mode)?;
     preflight(&args, mode)?;
+    let token_settings = args.token_settings().map_err(anyhow::Error::msg)?;
     tracing::info!(node = %args.node, mode = ?mode, version = aadpodid_runtime::VERSION, "Starting NMI");
 
     let agent = aadpodid_runtime::user_agent("NMI", Some(&args.custom_user_agent));
@@ -41,12 +45,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let health = Health::new();
     spawn_admin(&args, health.clone(), metrics.clone());
+    let imds = ImdsClient::new(&format!("http://{}:{}", args.metadata_ip, args.metadata_port))?
+        .with_limiter(ImdsLimiter::new(args.imds_limits()));
     let tokens = Arc::new(AzureTokens::new(
-        ImdsClient::new(&format!("http://{}:{}", args.metadata_ip, args.metadata_port))?,
+        imds,
         AadClient::new(&http_options(&args)?)?,
         Arc::new(KubeSecrets(client)),
         metrics.clone(),
+        token_settings,
     ));
+    tokens.spawn_refresher(TOKEN_REFRESH_PERIOD);
     let state = AppState::new(config(&args, mode), Arc::new(store), tokens, metrics);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
     spawn_listener(&args, state, fatal_tx.clone()).await?;
