@@ -220,9 +220,11 @@ impl<V, E, S> Slot<V, E, S> {
     }
 }
 
+type Slots<K, V, E, S> = HashMap<K, Arc<Slot<V, E, S>>>;
+
 /// The cache. Cheap to share behind an `Arc`.
 pub struct TokenCache<K, V, E, S> {
-    slots: Mutex<HashMap<K, Arc<Slot<V, E, S>>>>,
+    slots: Mutex<Slots<K, V, E, S>>,
     limits: CacheLimits,
 }
 
@@ -309,7 +311,7 @@ where
         self.len() == 0
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<K, Arc<Slot<V, E, S>>>> {
+    fn slots(&self) -> MutexGuard<'_, Slots<K, V, E, S>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -332,7 +334,7 @@ where
 
     /// Evicts one entry when the group or the cache is full: an expired one first, else the
     /// least recently requested; within the group when the group is full.
-    fn make_room(&self, slots: &mut HashMap<K, Arc<Slot<V, E, S>>>, group: &K::Group, now: u64) {
+    fn make_room(&self, slots: &mut Slots<K, V, E, S>, group: &K::Group, now: u64) {
         let in_group = slots.keys().filter(|k| k.group() == *group).count();
         let group_full = in_group >= self.limits.max_per_group;
         if !group_full && slots.len() < self.limits.max_entries {

@@ -262,7 +262,9 @@ fn expired_or_unreadable_tokens_are_not_cached() {
 }
 
 /// Two requests for one key while the source is held: one fetch, both answered by it.
-fn shared_fetch(result: Result<Tok, Fail>) -> (Result<(Tok, Outcome), Fail>, Result<(Tok, Outcome), Fail>, usize) {
+type Answer = Result<(Tok, Outcome), Fail>;
+
+fn shared_fetch(result: Result<Tok, Fail>) -> (Answer, Answer, usize) {
     let cache = Arc::new(cache());
     let calls = Arc::new(AtomicUsize::new(0));
     let (gate_tx, gate_rx) = futures::channel::oneshot::channel::<()>();

@@ -1,4 +1,4 @@
-//! Where tokens come from (upstream §3.8): type 0 from the node's IMDS with the identity's
+//! Where tokens come from: type 0 from the node's IMDS with the identity's
 //! client ID, types 1 and 2 from Azure AD with the secret or certificate the identity
 //! references, the bypass from IMDS with the caller's client ID or none. All through one
 //! bounded token cache (ours, see `cache`), with the original's metrics. Service principal

@@ -107,9 +107,9 @@ impl ImdsLimiter {
     /// arrival order; [`TokenError::Throttled`] says when to come back otherwise.
     pub async fn acquire(&self) -> Result<ImdsPermit, TokenError> {
         let deadline = Instant::now() + self.max_wait;
-        let permit = match tokio::time::timeout_at(deadline, self.concurrency.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => return Err(TokenError::Throttled { retry_after: Duration::from_secs(1) }),
+        let acquired = tokio::time::timeout_at(deadline, self.concurrency.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = acquired else {
+            return Err(TokenError::Throttled { retry_after: Duration::from_secs(1) });
         };
         loop {
             let now = Instant::now();
