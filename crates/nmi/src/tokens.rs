@@ -114,8 +114,8 @@ impl Failure {
     }
 
     /// The Secret could not be read: the API server may be down, so treated as unavailability.
-    fn secret(text: String) -> Self {
-        Self { kind: FailureKind::Unavailable, reply: TokenFailure::Unavailable(text) }
+    fn secret(text: &str) -> Self {
+        Self { kind: FailureKind::Unavailable, reply: TokenFailure::Unavailable(redact_ids(text)) }
     }
 }
 
@@ -235,7 +235,7 @@ impl AzureTokens {
         let SecretLocation { namespace, name } = self.policy.check(id).map_err(refusal)?;
         self.secrets.secret_data(&namespace, &name).await.map_err(|err| {
             self.metrics.kubernetes_errors.with_label_values(&[metrics::GET_SECRET]).inc();
-            Failure::secret(format!("failed to get Kubernetes secret {namespace}/{name}, err: {err}"))
+            Failure::secret(&format!("failed to get Kubernetes secret {namespace}/{name}, err: {err}"))
         })
     }
 
@@ -288,7 +288,7 @@ impl TokenSource for AzureTokens {
         Box::pin(async move {
             check_resource(resource)?;
             if matches!(identity.spec.type_, Some(1 | 2)) {
-                self.policy.check(identity).map_err(TokenFailure::Refused)?;
+                self.policy.check(identity).map_err(|text| TokenFailure::Refused(redact_ids(&text)))?;
             }
             let key = Key { principal: principal(identity), resource: resource.to_owned() };
             let source = Source::Identity(Box::new(identity.clone()));
@@ -384,7 +384,7 @@ pub fn client_secret(data: &BTreeMap<String, Vec<u8>>) -> Option<String> {
 
 /// A credential policy refusal: 403, and any cached token for the identity is dropped.
 fn refusal(text: String) -> Failure {
-    Failure { kind: FailureKind::Refusal, reply: TokenFailure::Refused(text) }
+    Failure { kind: FailureKind::Refusal, reply: TokenFailure::Refused(redact_ids(&text)) }
 }
 
 /// An IMDS or Azure AD failure: 403 for the endpoint's refusals, 429 for this node's IMDS
