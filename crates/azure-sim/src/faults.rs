@@ -6,8 +6,8 @@
 //! ones a fault answered) and, for ARM, reads and writes per VM/VMSS.
 //! This module holds plain data; it never sleeps or does I/O.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +198,13 @@ pub struct Counters {
     /// clients with their own credentials (e.g. two MIC replicas).
     #[serde(default)]
     pub callers: BTreeMap<String, u64>,
+    /// The most calls of one `"<face>/<operation>"` in progress at the same time (faces that track
+    /// load: IMDS tokens), so tests can check a client's concurrency limit.
+    #[serde(default)]
+    pub peak_concurrent: BTreeMap<String, u64>,
+    /// The most calls of one `"<face>/<operation>"` that started within any one second (same faces).
+    #[serde(default)]
+    pub peak_per_second: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -235,8 +242,53 @@ impl Counters {
     pub fn arm_writes_total(&self) -> u64 {
         self.targets.values().map(|t| t.writes).sum()
     }
+    /// The most calls of one operation in progress at once (see [`Counters::peak_concurrent`]).
+    pub fn peak_concurrent(&self, face: Face, op: &str) -> u64 {
+        self.peak_concurrent.get(&format!("{}/{op}", face.as_str())).copied().unwrap_or(0)
+    }
+    /// The most calls of one operation started within one second (see [`Counters::peak_per_second`]).
+    pub fn peak_per_second(&self, face: Face, op: &str) -> u64 {
+        self.peak_per_second.get(&format!("{}/{op}", face.as_str())).copied().unwrap_or(0)
+    }
     fn target(&self, kind: &str, name: &str) -> TargetCounts {
         self.targets.get(&target_key(kind, name)).copied().unwrap_or_default()
+    }
+}
+
+/// Calls in progress and recent starts per `"<face>/<operation>"`: what the load peaks are
+/// computed from. Time is passed in; the window holds at most one second of starts.
+#[derive(Debug, Default)]
+pub(crate) struct Load {
+    in_flight: BTreeMap<String, u64>,
+    recent: BTreeMap<String, VecDeque<Instant>>,
+}
+
+impl Load {
+    /// A call started at `now`; updates the peaks in `counters`.
+    pub(crate) fn begin(&mut self, key: &str, now: Instant, counters: &mut Counters) {
+        let in_flight = self.in_flight.entry(key.to_owned()).or_default();
+        *in_flight += 1;
+        let peak = counters.peak_concurrent.entry(key.to_owned()).or_default();
+        *peak = (*peak).max(*in_flight);
+        let recent = self.recent.entry(key.to_owned()).or_default();
+        recent.push_back(now);
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+            recent.pop_front();
+        }
+        let peak = counters.peak_per_second.entry(key.to_owned()).or_default();
+        *peak = (*peak).max(u64::try_from(recent.len()).unwrap_or(u64::MAX));
+    }
+
+    /// A call ended.
+    pub(crate) fn end(&mut self, key: &str) {
+        if let Some(n) = self.in_flight.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Forgets recent starts (the peaks were reset); calls in progress stay counted.
+    pub(crate) fn reset_window(&mut self) {
+        self.recent.clear();
     }
 }
 
@@ -294,6 +346,27 @@ mod tests {
             t.take(Face::Imds, "imds_token", Some("NODE-A")),
             (Duration::from_millis(12), Some(FaultKind::Down))
         );
+    }
+
+    #[test]
+    fn load_peaks_count_overlapping_calls_and_starts_within_one_second() {
+        let (mut load, mut counters) = (Load::default(), Counters::default());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        load.begin("imds/imds_token", ms(0), &mut counters);
+        load.begin("imds/imds_token", ms(100), &mut counters);
+        load.end("imds/imds_token");
+        load.begin("imds/imds_token", ms(900), &mut counters);
+        assert_eq!(counters.peak_concurrent(Face::Imds, "imds_token"), 2);
+        assert_eq!(counters.peak_per_second(Face::Imds, "imds_token"), 3);
+        load.end("imds/imds_token");
+        load.end("imds/imds_token");
+        for t in [1000, 1050, 1100] {
+            load.begin("imds/imds_token", ms(t), &mut counters);
+            load.end("imds/imds_token");
+        }
+        assert_eq!(counters.peak_per_second(Face::Imds, "imds_token"), 4, "100, 900, 1000 and 1050 within one second");
+        assert_eq!(counters.peak_concurrent(Face::Imds, "imds_token"), 2);
     }
 
     #[test]

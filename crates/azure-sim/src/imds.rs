@@ -283,6 +283,7 @@ pub fn select_identity(sel: &Selector, ids: &Identities, compute_id: &str) -> Re
 }
 
 async fn token(State(ctx): State<ImdsCtx>, req: Request) -> Response {
+    let _in_flight = ctx.sim.in_flight(Face::Imds, "imds_token");
     let node_name = ctx.node.node_name();
     if let Some(f) = ctx.sim.gate(Face::Imds, "imds_token", Some(&node_name)).await {
         return imds_fault(&f);

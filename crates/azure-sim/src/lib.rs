@@ -99,6 +99,10 @@
 //! without the resource group). Writes are PUT/PATCH calls that got past faults and authentication,
 //! whatever their outcome. Authenticated ARM calls are also counted per caller, by the token's `appid`
 //! ([`Counters::caller_writes`]), so two clients with their own credentials can be told apart.
+//! whatever their outcome. IMDS token calls also record their load peaks: the most in progress at once
+//! ([`Counters::peak_concurrent`]) and the most started within one second ([`Counters::peak_per_second`]),
+//! injected latency included. [`Simulator::revoke_service_principal_secret`] revokes a client secret and
+//! [`Simulator::delete_user_assigned_identity`] deletes an identity (refusals for token caches).
 //!
 //! ## Admin API (on both ARM listeners, no auth)
 //! `GET /admin/info`, `GET /admin/state`, `POST /admin/seed` (seed YAML/JSON, see [`seed`]),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 
-use crate::faults::{Counters, Face, Fault, FaultKind, FaultTable, TargetCounts, target_key};
+use crate::faults::{Counters, Face, Fault, FaultKind, FaultTable, Load, TargetCounts, target_key};
 use crate::jwt::{JwtError, SigningKey};
 use crate::state::{ComputeKind, FederatedCredential, Identities, IdentityInfo, JwksSource, NodeRef, State};
 use crate::tls::TlsMaterial;
@@ -156,6 +156,7 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     faults: Mutex<FaultTable>,
     counters: Mutex<Counters>,
+    load: Mutex<Load>,
     timing: RwLock<Timing>,
     endpoints: RwLock<Endpoints>,
     imds: Mutex<Vec<AbortHandle>>,
@@ -193,6 +194,18 @@ pub(crate) struct Subject {
     pub(crate) mi_resource_id: Option<String>,
 }
 
+/// A call in progress (see [`Simulator::in_flight`]).
+pub(crate) struct InFlight {
+    sim: Simulator,
+    key: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.sim.load_mut().end(&self.key);
+    }
+}
+
 /// A freshly minted token and its times (unix seconds).
 #[derive(Debug, Clone)]
 pub(crate) struct Minted {
@@ -221,6 +234,7 @@ impl Simulator {
                 state: Mutex::new(state),
                 faults: Mutex::new(FaultTable::default()),
                 counters: Mutex::new(Counters::default()),
+                load: Mutex::new(Load::default()),
                 timing: RwLock::new(Timing { arm_latency: cfg.arm_latency, lro_duration: cfg.lro_duration }),
                 endpoints: RwLock::new(Endpoints::default()),
                 imds: Mutex::new(Vec::new()),
@@ -366,6 +380,12 @@ impl Simulator {
         self.state().create_identity(resource_group, name, Some(client_id), Some(principal_id))
     }
 
+    /// Deletes a user-assigned identity as ARM's DELETE does: copies attached to VMs stay, but
+    /// IMDS no longer finds it. True if it existed.
+    pub fn delete_user_assigned_identity(&self, resource_group: &str, name: &str) -> bool {
+        self.state().delete_identity(resource_group, name)
+    }
+
     /// The user-assigned identity `name` in `resource_group`, if it exists.
     pub fn identity(&self, resource_group: &str, name: &str) -> Option<IdentityInfo> {
         self.state().identity(resource_group, name).cloned()
@@ -374,6 +394,11 @@ impl Simulator {
     /// Registers (or adds) a client secret for an app; the app is created if unknown.
     pub fn register_service_principal_secret(&self, client_id: &str, secret: &str) {
         self.state().add_secret(client_id, secret);
+    }
+
+    /// Revokes one client secret of an app (as deleting it in the portal); true if it was registered.
+    pub fn revoke_service_principal_secret(&self, client_id: &str, secret: &str) -> bool {
+        self.state().remove_secret(client_id, secret)
     }
 
     /// Registers a DER X.509 certificate (RSA key) for an app; assertions signed by its key and carrying
@@ -470,6 +495,20 @@ impl Simulator {
     /// Resets every counter to zero.
     pub fn reset_counters(&self) {
         *self.counters_mut() = Counters::default();
+        self.load_mut().reset_window();
+    }
+
+    fn load_mut(&self) -> MutexGuard<'_, Load> {
+        self.inner.load.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a call of `face`/`op` in progress until the guard drops, for the load peaks
+    /// ([`Counters::peak_concurrent`], [`Counters::peak_per_second`]).
+    pub(crate) fn in_flight(&self, face: Face, op: &str) -> InFlight {
+        let key = format!("{}/{op}", face.as_str());
+        let mut load = self.load_mut();
+        load.begin(&key, Instant::now(), &mut self.counters_mut());
+        InFlight { sim: self.clone(), key }
     }
 
     /// Shortcut for `counters().arm_writes(kind, name)`; `kind` is `"vm"` or `"vmss"`.

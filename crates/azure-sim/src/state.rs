@@ -867,6 +867,13 @@ impl State {
         }
     }
 
+    pub(crate) fn remove_secret(&mut self, client_id: &str, secret: &str) -> bool {
+        let Some(c) = self.clients.get_mut(&client_id.to_ascii_lowercase()) else { return false };
+        let before = c.secrets.len();
+        c.secrets.retain(|s| s != secret);
+        c.secrets.len() < before
+    }
+
     pub(crate) fn add_certificate(&mut self, client_id: &str, cert_der: Vec<u8>) {
         let c = self.client_mut(client_id);
         if !c.certificates.contains(&cert_der) {

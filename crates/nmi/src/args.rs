@@ -135,6 +135,37 @@ pub struct Args {
     /// PEM file of extra root CAs for Azure AD (e.g. a simulator's); not in the original.
     #[arg(long = "extra-root-ca-file", env = "AADPODID_EXTRA_ROOT_CA_FILE", hide = true)]
     pub extra_root_ca_file: Option<PathBuf>,
+    /// Namespaces whose Secrets any service principal identity may use (comma-separated);
+    /// otherwise only the identity's own namespace. Not in the original.
+    #[arg(long = "allowed-secret-namespaces", value_delimiter = ',')]
+    pub allowed_secret_namespaces: Vec<String>,
+    /// Azure AD endpoints besides the known clouds' that identities may name as `adEndpoint`
+    /// (comma-separated URLs; e.g. Azure Stack's). Not in the original.
+    #[arg(long = "allowed-ad-endpoints", value_delimiter = ',')]
+    pub allowed_ad_endpoints: Vec<String>,
+    /// Most tokens (identity x resource) cached on this node. Not in the original.
+    #[arg(long = "token-cache-max-entries", default_value_t = 2048)]
+    pub token_cache_max_entries: usize,
+    /// Most resources cached per identity. Not in the original.
+    #[arg(long = "token-cache-max-per-identity", default_value_t = 64)]
+    pub token_cache_max_per_identity: usize,
+    /// Seconds a token failure is answered without asking Azure again. Not in the original.
+    #[arg(long = "token-failure-cache-sec", default_value_t = 5)]
+    pub token_failure_cache_sec: u64,
+    /// Cached tokens requested within this many seconds are refreshed ahead of expiry in the
+    /// background. Not in the original.
+    #[arg(long = "token-refresh-idle-sec", default_value_t = 7200)]
+    pub token_refresh_idle_sec: u64,
+    /// Most IMDS token calls in progress at once from this node (IMDS allows 5). Not in the original.
+    #[arg(long = "imds-max-concurrent", default_value_t = 5)]
+    pub imds_max_concurrent: usize,
+    /// Most IMDS token calls started per second from this node (IMDS allows 20). Not in the original.
+    #[arg(long = "imds-max-per-second", default_value_t = 20)]
+    pub imds_max_per_second: usize,
+    /// Milliseconds a token request may wait for room under those limits before a 429. Not in
+    /// the original.
+    #[arg(long = "imds-queue-wait-ms", default_value_t = 1000)]
+    pub imds_queue_wait_ms: u64,
     #[command(flatten)]
     pub klog: aadpodid_runtime::goflags::KlogArgs,
 }
@@ -147,6 +178,30 @@ fn mic_service_account(value: &str) -> Result<String, String> {
             .to_owned());
     }
     Ok(value.to_owned())
+}
+
+impl Args {
+    /// The token source's settings: credential policy and cache bounds (the policy's flags are
+    /// checked here, at start-up).
+    pub fn token_settings(&self) -> Result<crate::tokens::TokenSettings, String> {
+        let policy = crate::policy::CredentialPolicy::new(&self.allowed_secret_namespaces, &self.allowed_ad_endpoints)?;
+        let cache = crate::cache::CacheLimits {
+            max_entries: self.token_cache_max_entries,
+            max_per_group: self.token_cache_max_per_identity,
+            failure_ttl: self.token_failure_cache_sec,
+            idle: self.token_refresh_idle_sec,
+        };
+        Ok(crate::tokens::TokenSettings { policy, cache, ..Default::default() })
+    }
+
+    /// This node's IMDS budget.
+    pub fn imds_limits(&self) -> aadpodid_azure::token::ImdsLimits {
+        aadpodid_azure::token::ImdsLimits {
+            max_concurrent: self.imds_max_concurrent,
+            max_per_second: self.imds_max_per_second,
+            max_wait: std::time::Duration::from_millis(self.imds_queue_wait_ms),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +292,22 @@ mod tests {
         assert_eq!(defaults.find_identity_retry_pause(), Duration::from_secs(5));
         assert_eq!(defaults.termination_wait(), Duration::from_secs(10));
         assert!(Args::try_parse_from(["nmi", "--ipt-update-interval-sec=-1"]).is_err());
+    }
+
+    #[test]
+    fn token_limits_default_to_imds_own_and_lists_split_on_commas() {
+        let a = parse(&["nmi"]);
+        assert!(a.allowed_secret_namespaces.is_empty() && a.allowed_ad_endpoints.is_empty());
+        assert_eq!((a.imds_max_concurrent, a.imds_max_per_second, a.imds_queue_wait_ms), (5, 20, 1000));
+        assert_eq!((a.token_cache_max_entries, a.token_cache_max_per_identity), (2048, 64));
+        assert_eq!((a.token_failure_cache_sec, a.token_refresh_idle_sec), (5, 7200));
+        let a = parse(&[
+            "nmi",
+            "--allowed-secret-namespaces=shared,infra",
+            "-allowed-ad-endpoints=https://adfs.local/,https://127.0.0.1:4444/",
+        ]);
+        assert_eq!(a.allowed_secret_namespaces, ["shared", "infra"]);
+        assert_eq!(a.allowed_ad_endpoints, ["https://adfs.local/", "https://127.0.0.1:4444/"]);
     }
 
     #[test]

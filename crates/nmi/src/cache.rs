@@ -1,36 +1,103 @@
-//! Token cache per (identity, resource): a deliberate difference from the original, which
-//! called IMDS or Azure AD on every request. A token is served while it has comfortably more
-//! life left than clients demand (they treat < 5 min as expired), refreshed ahead of that,
-//! fetched once for concurrent misses (single flight), and served stale until it really
-//! expires when the upstream fails.
+//! Token cache per (principal, resource): a deliberate difference from the original, which
+//! called IMDS or Azure AD on every request.
 //!
-//! Time is injected (`now` in Unix seconds); no clock or runtime is read here.
+//! - A token is served while it has comfortably more life left than clients demand (they treat
+//!   < 5 min as expired), with `expires_in` said from `expires_on` at the time it is served.
+//! - Tokens in use (requested within `idle`) are refreshed in the background ahead of that
+//!   point ([`TokenCache::due`], [`TokenCache::refresh`]), so a pod does not wait on Azure.
+//! - Concurrent misses share one fetch (single flight), failures included.
+//! - A failure is remembered for `failure_ttl`, so a pod hammering a failing principal does not
+//!   hammer Azure. While the source is unavailable a still-valid token is served; a refusal
+//!   (identity removed, secret revoked) drops the cached token at once and is what pods get.
+//! - Bounded: at most `max_entries`, and `max_per_group` per principal, so a pod choosing many
+//!   resources evicts its own principal's entries first; the least recently requested goes.
+//!
+//! Time is injected (`now` in Unix seconds); no clock is read here.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::token::TokenJson;
 
-/// Refresh no later than this many seconds before expiry (MSAL and SDKs drop tokens with
-/// under 5 minutes left; 10 keeps every served token comfortably usable).
-const MAX_REFRESH_MARGIN_SECS: u64 = 600;
+/// Serve no later than this many seconds before expiry (MSAL and SDKs drop tokens with under
+/// 5 minutes left; 10 keeps every served token comfortably usable).
+const MAX_SERVE_MARGIN_SECS: u64 = 600;
+/// Refresh tokens in use from this many seconds before expiry (ahead of the serve margin, so a
+/// background pass every few seconds always finds them first).
+const MAX_REFRESH_MARGIN_SECS: u64 = 900;
 
 /// Something with an expiry in Unix seconds.
 pub trait Expiring {
     fn expires_on(&self) -> u64;
+    /// The value as served from the cache at `now` (a token says its remaining life).
+    fn served_at(self, now: u64) -> Self;
 }
 
 impl Expiring for TokenJson {
     fn expires_on(&self) -> u64 {
         crate::token::expires_on_secs(self)
     }
+
+    fn served_at(mut self, now: u64) -> Self {
+        let expires_on = self.expires_on();
+        if expires_on > 0 {
+            self.expires_in = expires_on.saturating_sub(now).to_string();
+        }
+        self
+    }
 }
 
 impl<T: Expiring> Expiring for Vec<T> {
     fn expires_on(&self) -> u64 {
         self.iter().map(Expiring::expires_on).min().unwrap_or(0)
+    }
+
+    fn served_at(self, now: u64) -> Self {
+        self.into_iter().map(|t| t.served_at(now)).collect()
+    }
+}
+
+/// How a failure meets a cached value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The source said no (identity removed, secret revoked, bad credentials): the cached
+    /// value is dropped; the refusal is remembered and answered.
+    Refusal,
+    /// The source is unavailable for now (unreachable, 5xx, timeouts): a cached value still
+    /// valid is served meanwhile; the failure is remembered.
+    Unavailable,
+    /// This node's own budget for the source is spent; nothing was asked, nothing remembered,
+    /// a valid cached value is served.
+    Throttled,
+}
+
+/// Classifies a fetch's error.
+pub trait Classify {
+    fn kind(&self) -> FailureKind;
+}
+
+/// Keys of one principal form a group, bounded on its own.
+pub trait Grouped {
+    type Group: Eq;
+    fn group(&self) -> Self::Group;
+}
+
+/// The cache's bounds and timings, from flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub max_entries: usize,
+    pub max_per_group: usize,
+    /// Seconds a failure is answered from memory.
+    pub failure_ttl: u64,
+    /// Seconds without a request after which an entry is no longer refreshed.
+    pub idle: u64,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self { max_entries: 2048, max_per_group: 64, failure_ttl: 5, idle: 7200 }
     }
 }
 
@@ -41,22 +108,30 @@ pub enum Outcome {
     Cached,
     /// Just fetched upstream.
     Fetched,
-    /// Upstream failed; a cached value that has not expired yet was served.
+    /// Upstream unavailable; a cached value that has not expired yet was served.
     Stale,
 }
 
 #[derive(Clone)]
-struct Entry<V> {
+struct Stored<V> {
     value: V,
     fetched_at: u64,
 }
 
-impl<V: Expiring> Entry<V> {
+impl<V: Expiring> Stored<V> {
+    fn margin(&self, max: u64, num: u64, den: u64) -> u64 {
+        let lifetime = self.value.expires_on().saturating_sub(self.fetched_at);
+        (lifetime.saturating_mul(num) / den).min(max)
+    }
+
     /// Fresh while the remaining life exceeds min(half the lifetime, 10 min).
     fn is_fresh(&self, now: u64) -> bool {
-        let expires = self.value.expires_on();
-        let margin = (expires.saturating_sub(self.fetched_at) / 2).min(MAX_REFRESH_MARGIN_SECS);
-        now.saturating_add(margin) < expires
+        now.saturating_add(self.margin(MAX_SERVE_MARGIN_SECS, 1, 2)) < self.value.expires_on()
+    }
+
+    /// Due for a refresh once the remaining life is under min(3/4 of the lifetime, 15 min).
+    fn refresh_due(&self, now: u64) -> bool {
+        now.saturating_add(self.margin(MAX_REFRESH_MARGIN_SECS, 3, 4)) >= self.value.expires_on()
     }
 
     fn is_alive(&self, now: u64) -> bool {
@@ -64,181 +139,221 @@ impl<V: Expiring> Entry<V> {
     }
 }
 
-type Slot<V> = Arc<tokio::sync::Mutex<Option<Entry<V>>>>;
+/// One entry's state; every decision about it is a method here.
+struct State<V, E, S> {
+    value: Option<Stored<V>>,
+    failure: Option<(E, u64)>,
+    last_requested: u64,
+    source: S,
+}
+
+impl<V: Expiring + Clone, E: Classify + Clone, S> State<V, E, S> {
+    fn recent_failure(&self, now: u64, ttl: u64) -> Option<&E> {
+        self.failure.as_ref().filter(|(_, at)| now < at.saturating_add(ttl)).map(|(e, _)| e)
+    }
+
+    fn alive_value(&self, now: u64) -> Option<V> {
+        self.value.as_ref().filter(|v| v.is_alive(now)).map(|v| v.value.clone().served_at(now))
+    }
+
+    /// The answer without asking the source, if there is one.
+    fn answer(&self, now: u64, ttl: u64) -> Option<Result<(V, Outcome), E>> {
+        if let Some(v) = self.value.as_ref().filter(|v| v.is_fresh(now)) {
+            return Some(Ok((v.value.clone().served_at(now), Outcome::Cached)));
+        }
+        let failure = self.recent_failure(now, ttl)?;
+        Some(match (failure.kind(), self.alive_value(now)) {
+            (FailureKind::Unavailable | FailureKind::Throttled, Some(v)) => Ok((v, Outcome::Stale)),
+            (FailureKind::Refusal, _) | (FailureKind::Unavailable | FailureKind::Throttled, None) => {
+                Err(failure.clone())
+            }
+        })
+    }
+
+    /// Records what the source answered and says what to serve.
+    fn settle(&mut self, result: Result<V, E>, now: u64) -> Result<(V, Outcome), E> {
+        let error = match result {
+            Ok(value) => {
+                if value.expires_on() > now {
+                    self.value = Some(Stored { value: value.clone(), fetched_at: now });
+                }
+                self.failure = None;
+                return Ok((value, Outcome::Fetched));
+            }
+            Err(error) => error,
+        };
+        let kind = error.kind();
+        match kind {
+            FailureKind::Refusal => self.value = None,
+            FailureKind::Unavailable | FailureKind::Throttled => {}
+        }
+        if kind != FailureKind::Throttled {
+            self.failure = Some((error.clone(), now));
+        }
+        match (kind, self.alive_value(now)) {
+            (FailureKind::Unavailable | FailureKind::Throttled, Some(v)) => Ok((v, Outcome::Stale)),
+            (FailureKind::Refusal, _) | (FailureKind::Unavailable | FailureKind::Throttled, None) => Err(error),
+        }
+    }
+
+    fn is_due(&self, now: u64, limits: &CacheLimits) -> bool {
+        let in_use = now.saturating_sub(self.last_requested) <= limits.idle;
+        let due = self.value.as_ref().is_some_and(|v| v.refresh_due(now));
+        in_use && due && self.recent_failure(now, limits.failure_ttl).is_none()
+    }
+
+    /// Nothing left worth keeping: no valid value and no failure to remember.
+    fn is_dead(&self, now: u64, ttl: u64) -> bool {
+        self.alive_value(now).is_none() && self.recent_failure(now, ttl).is_none()
+    }
+}
+
+struct Slot<V, E, S> {
+    state: Mutex<State<V, E, S>>,
+    /// Held while the source is asked: one fetch per entry at a time.
+    flight: tokio::sync::Mutex<()>,
+}
+
+impl<V, E, S> Slot<V, E, S> {
+    fn state(&self) -> MutexGuard<'_, State<V, E, S>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Slots<K, V, E, S> = HashMap<K, Arc<Slot<V, E, S>>>;
 
 /// The cache. Cheap to share behind an `Arc`.
-pub struct TokenCache<K, V> {
-    slots: Mutex<HashMap<K, Slot<V>>>,
+pub struct TokenCache<K, V, E, S> {
+    slots: Mutex<Slots<K, V, E, S>>,
+    limits: CacheLimits,
 }
 
-impl<K, V> Default for TokenCache<K, V> {
-    fn default() -> Self {
-        Self { slots: Mutex::new(HashMap::new()) }
+impl<K, V, E, S> TokenCache<K, V, E, S>
+where
+    K: Eq + Hash + Clone + Grouped,
+    V: Expiring + Clone,
+    E: Classify + Clone,
+    S: Clone,
+{
+    pub fn new(limits: CacheLimits) -> Self {
+        let limits = CacheLimits {
+            max_entries: limits.max_entries.max(1),
+            max_per_group: limits.max_per_group.max(1),
+            ..limits
+        };
+        Self { slots: Mutex::new(HashMap::new()), limits }
     }
-}
 
-impl<K: Eq + Hash + Clone, V: Expiring + Clone> TokenCache<K, V> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn slot(&self, key: &K) -> Slot<V> {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots.entry(key.clone()).or_default().clone()
-    }
-
-    /// The cached value for `key`, or `fetch()`'s. Concurrent callers for one key wait for a
-    /// single fetch. `now` is read after the wait, so waiters judge freshness correctly.
-    pub async fn get_or_fetch<E, F, Fut>(&self, key: &K, now: impl Fn() -> u64, fetch: F) -> Result<(V, Outcome), E>
+    /// The cached value for `key`, or `fetch()`'s; `source` is what a background refresh
+    /// fetches from later. Concurrent callers for one key wait for a single fetch.
+    pub async fn get<F, Fut>(&self, key: &K, source: S, now: impl Fn() -> u64, fetch: F) -> Result<(V, Outcome), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let slot = self.slot(key);
-        let mut entry = slot.lock().await;
-        if let Some(e) = entry.as_ref().filter(|e| e.is_fresh(now())) {
-            return Ok((e.value.clone(), Outcome::Cached));
+        let ttl = self.limits.failure_ttl;
+        let slot = self.slot(key, source, now());
+        if let Some(answer) = slot.state().answer(now(), ttl) {
+            return answer;
         }
-        match fetch().await {
-            Ok(value) => {
-                let fetched_at = now();
-                if value.expires_on() > fetched_at {
-                    *entry = Some(Entry { value: value.clone(), fetched_at });
-                }
-                Ok((value, Outcome::Fetched))
-            }
-            Err(err) => match entry.as_ref().filter(|e| e.is_alive(now())) {
-                Some(e) => Ok((e.value.clone(), Outcome::Stale)),
-                None => Err(err),
-            },
+        let _flight = slot.flight.lock().await;
+        if let Some(answer) = slot.state().answer(now(), ttl) {
+            return answer;
         }
+        let result = fetch().await;
+        slot.state().settle(result, now())
     }
 
-    /// Every value currently cached (for learning object IDs); expired ones included.
-    pub fn values(&self) -> Vec<V> {
-        let slots: Vec<Slot<V>> = self.slots.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-        slots.iter().filter_map(|s| s.try_lock().ok().and_then(|e| e.as_ref().map(|e| e.value.clone()))).collect()
+    /// Entries in use whose token is due for a refresh, with their sources.
+    pub fn due(&self, now: u64) -> Vec<(K, S)> {
+        let slots = self.slots();
+        slots
+            .iter()
+            .filter_map(|(key, slot)| {
+                let state = slot.state();
+                state.is_due(now, &self.limits).then(|| (key.clone(), state.source.clone()))
+            })
+            .collect()
+    }
+
+    /// Refreshes one entry in the background: skipped when it is gone, being fetched already,
+    /// or no longer due. Does not count as a request. Returns whether the source was asked.
+    pub async fn refresh<F, Fut>(&self, key: &K, now: impl Fn() -> u64, fetch: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let Some(slot) = self.slots().get(key).cloned() else { return false };
+        let Ok(_flight) = slot.flight.try_lock() else { return false };
+        if !slot.state().is_due(now(), &self.limits) {
+            return false;
+        }
+        let result = fetch().await;
+        let _ = slot.state().settle(result, now());
+        true
+    }
+
+    /// Drops entries with neither a valid value nor a failure to remember (and not being
+    /// fetched). Returns how many are left.
+    pub fn purge(&self, now: u64) -> usize {
+        let ttl = self.limits.failure_ttl;
+        let mut slots = self.slots();
+        slots.retain(|_, slot| slot.flight.try_lock().is_err() || !slot.state().is_dead(now, ttl));
+        slots.len()
+    }
+
+    /// How many entries are held.
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots<K, V, E, S>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entry for `key` (created, evicting if full), marked requested at `now`.
+    fn slot(&self, key: &K, source: S, now: u64) -> Arc<Slot<V, E, S>> {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.get(key) {
+            let mut state = slot.state();
+            state.last_requested = now;
+            state.source = source;
+            drop(state);
+            return slot.clone();
+        }
+        self.make_room(&mut slots, &key.group(), now);
+        let state = State { value: None, failure: None, last_requested: now, source };
+        let slot = Arc::new(Slot { state: Mutex::new(state), flight: tokio::sync::Mutex::new(()) });
+        slots.insert(key.clone(), slot.clone());
+        slot
+    }
+
+    /// Evicts one entry when the group or the cache is full: an expired one first, else the
+    /// least recently requested; within the group when the group is full.
+    fn make_room(&self, slots: &mut Slots<K, V, E, S>, group: &K::Group, now: u64) {
+        let in_group = slots.keys().filter(|k| k.group() == *group).count();
+        let group_full = in_group >= self.limits.max_per_group;
+        if !group_full && slots.len() < self.limits.max_entries {
+            return;
+        }
+        let victim = slots
+            .iter()
+            .filter(|(k, _)| !group_full || k.group() == *group)
+            .min_by_key(|(_, slot)| {
+                let state = slot.state();
+                (state.alive_value(now).is_some(), state.last_requested)
+            })
+            .map(|(k, _)| k.clone());
+        if let Some(victim) = victim {
+            slots.remove(&victim);
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::executor::block_on;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-    #[derive(Clone, Debug, PartialEq)]
-    struct Tok(u64, &'static str);
-    impl Expiring for Tok {
-        fn expires_on(&self) -> u64 {
-            self.0
-        }
-    }
-
-    struct Clock(AtomicU64);
-    impl Clock {
-        fn now(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-        fn set(&self, t: u64) {
-            self.0.store(t, Ordering::SeqCst);
-        }
-    }
-
-    fn fetch_ok(v: Tok, calls: &AtomicUsize) -> impl Future<Output = Result<Tok, String>> + '_ {
-        calls.fetch_add(1, Ordering::SeqCst);
-        async move { Ok(v) }
-    }
-
-    #[test]
-    fn a_fresh_token_is_served_from_the_cache() {
-        let (cache, clock, calls) = (TokenCache::new(), Clock(AtomicU64::new(1000)), AtomicUsize::new(0));
-        let key = ("id", "r");
-        let first = block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(4600, "a"), &calls)));
-        assert_eq!(first, Ok((Tok(4600, "a"), Outcome::Fetched)));
-        clock.set(3000);
-        let second = block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(9999, "b"), &calls)));
-        assert_eq!(second, Ok((Tok(4600, "a"), Outcome::Cached)));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn a_token_is_refreshed_ten_minutes_before_expiry() {
-        let (cache, clock, calls) = (TokenCache::new(), Clock(AtomicU64::new(0)), AtomicUsize::new(0));
-        let key = ("id", "r");
-        block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(3600, "a"), &calls))).unwrap();
-        clock.set(3000);
-        let got = block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(7200, "b"), &calls))).unwrap();
-        assert_eq!(got, (Tok(7200, "b"), Outcome::Fetched));
-    }
-
-    #[test]
-    fn short_lived_tokens_refresh_at_half_life() {
-        let (cache, clock, calls) = (TokenCache::new(), Clock(AtomicU64::new(0)), AtomicUsize::new(0));
-        let key = ("id", "r");
-        block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(60, "a"), &calls))).unwrap();
-        clock.set(29);
-        assert_eq!(
-            block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(90, "b"), &calls))).unwrap().1,
-            Outcome::Cached
-        );
-        clock.set(31);
-        assert_eq!(
-            block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(91, "b"), &calls))).unwrap().1,
-            Outcome::Fetched
-        );
-    }
-
-    #[test]
-    fn a_cached_token_is_served_while_upstream_fails_until_it_expires() {
-        let (cache, clock, calls) = (TokenCache::new(), Clock(AtomicU64::new(0)), AtomicUsize::new(0));
-        let key = ("id", "r");
-        block_on(cache.get_or_fetch(&key, || clock.now(), || fetch_ok(Tok(3600, "a"), &calls))).unwrap();
-        let failing = || async { Err::<Tok, _>("aad down".to_owned()) };
-        clock.set(3500);
-        assert_eq!(block_on(cache.get_or_fetch(&key, || clock.now(), failing)), Ok((Tok(3600, "a"), Outcome::Stale)));
-        clock.set(3600);
-        assert_eq!(block_on(cache.get_or_fetch(&key, || clock.now(), failing)), Err("aad down".to_owned()));
-    }
-
-    #[test]
-    fn other_resources_and_identities_are_separate_entries() {
-        let (cache, calls) = (TokenCache::new(), AtomicUsize::new(0));
-        for key in [("a", "r1"), ("a", "r2"), ("b", "r1")] {
-            let got = block_on(cache.get_or_fetch(&key, || 0, || fetch_ok(Tok(3600, "x"), &calls))).unwrap();
-            assert_eq!(got.1, Outcome::Fetched);
-        }
-        assert_eq!(cache.values().len(), 3);
-    }
-
-    #[test]
-    fn expired_or_unreadable_tokens_are_not_cached() {
-        let (cache, calls) = (TokenCache::new(), AtomicUsize::new(0));
-        block_on(cache.get_or_fetch(&("a", "r"), || 100, || fetch_ok(Tok(0, "x"), &calls))).unwrap();
-        block_on(cache.get_or_fetch(&("a", "r"), || 100, || fetch_ok(Tok(0, "x"), &calls))).unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn concurrent_misses_share_one_fetch() {
-        let cache = Arc::new(TokenCache::new());
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (gate_tx, gate_rx) = futures::channel::oneshot::channel::<()>();
-        let gate = futures::future::FutureExt::shared(gate_rx);
-        let fetch = |calls: Arc<AtomicUsize>, gate: futures::future::Shared<_>| async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let _ = gate.await;
-            Ok::<_, String>(Tok(3600, "one"))
-        };
-        let a = cache.get_or_fetch(&("id", "r"), || 0, || fetch(calls.clone(), gate.clone()));
-        let b = cache.get_or_fetch(&("id", "r"), || 0, || fetch(calls.clone(), gate.clone()));
-        let open = async {
-            gate_tx.send(()).unwrap();
-            Ok::<_, String>((Tok(0, ""), Outcome::Cached))
-        };
-        let (ra, rb, _) = block_on(futures::future::join3(a, b, open));
-        assert_eq!(ra.unwrap().1, Outcome::Fetched);
-        assert_eq!(rb.unwrap(), (Tok(3600, "one"), Outcome::Cached));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-}
+#[path = "cache_tests.rs"]
+mod tests;

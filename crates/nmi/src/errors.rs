@@ -45,6 +45,9 @@ pub enum NmiError {
     /// The real IMDS could not be reached by the proxy.
     #[error("{0}")]
     Proxy(String),
+    /// This node's IMDS budget is spent (ours; IMDS itself answers 429 past its limits).
+    #[error("{message}")]
+    Throttled { message: String, retry_after_secs: u64 },
 }
 
 impl NmiError {
@@ -62,6 +65,7 @@ impl NmiError {
             Self::RemoteAddressEmpty | Self::NotFromHost | Self::PodLookup(_) | Self::Proxy(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -79,6 +83,11 @@ impl IntoResponse for NmiError {
             Self::IdentityNotFound { retry_after: true, .. } => {
                 let mut res = text_error(status, &self.to_string());
                 res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("20"));
+                res
+            }
+            Self::Throttled { retry_after_secs, .. } => {
+                let mut res = text_error(status, &self.to_string());
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 res
             }
             Self::RemoteAddressEmpty
@@ -146,6 +155,14 @@ mod tests {
         assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert!(headers.get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn throttling_is_429_with_the_advised_retry_after() {
+        let (status, headers) = parts(NmiError::Throttled { message: "busy".into(), retry_after_secs: 2 });
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
     }
 
     #[test]

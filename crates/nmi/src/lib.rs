@@ -15,6 +15,7 @@ pub mod errors;
 pub mod gate;
 pub mod iptables;
 pub mod metrics;
+pub mod policy;
 pub mod query;
 mod run;
 pub mod select;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aadpodid_azure::HttpOptions;
-use aadpodid_azure::token::{AadClient, ImdsClient};
+use aadpodid_azure::token::{AadClient, ImdsClient, ImdsLimiter};
 use aadpodid_runtime::{Health, LogFormat};
 use anyhow::{Context, anyhow, bail};
 use tokio::net::TcpListener;
@@ -25,7 +25,10 @@ use crate::metrics::Metrics;
 use crate::select::{MicIdentity, RetryPolicy};
 use crate::server::{self, AppState, Config, Mode};
 use crate::store::{KubeSecrets, KubeStore};
-use crate::tokens::AzureTokens;
+use crate::tokens::{AzureTokens, TokenSettings};
+
+/// How often cached tokens in use are checked for a background refresh.
+const TOKEN_REFRESH_PERIOD: Duration = Duration::from_secs(10);
 
 /// Runs NMI until a termination signal, then cleans up. An error is fatal (exit 1).
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     aadpodid_runtime::init_tracing(format, args.klog.v)?;
     let mode = parse_mode(&args.operation_mode)?;
     preflight(&args, mode)?;
+    let token_settings = args.token_settings().map_err(anyhow::Error::msg)?;
     tracing::info!(node = %args.node, mode = ?mode, version = aadpodid_runtime::VERSION, "Starting NMI");
     let http = http_options(&args)?;
     let signal_rx = spawn_signal_listener();
@@ -43,7 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
     let period = args.ipt_update_period();
     let reconciler = Reconciler::spawn(rules, period, fatal_tx.clone());
-    let outcome = match start(&args, mode, http, listener, fatal_tx).await {
+    let outcome = match start(&args, mode, (http, token_settings), listener, fatal_tx).await {
         Ok(()) => tokio::select! {
             _ = signal_rx => Ok(()),
             Some(err) = fatal_rx.recv() => Err(err),
@@ -75,7 +79,7 @@ fn spawn_signal_listener() -> oneshot::Receiver<()> {
 async fn start(
     args: &Args,
     mode: Mode,
-    http: HttpOptions,
+    (http, token_settings): (HttpOptions, TokenSettings),
     listener: TcpListener,
     fatal_tx: mpsc::Sender<anyhow::Error>,
 ) -> anyhow::Result<()> {
@@ -87,12 +91,16 @@ async fn start(
     let (store, _watches) = KubeStore::start(&client, &args.node, mode, args.enable_scale_features);
     let readiness = Readiness::new();
     spawn_sync(store.clone(), readiness.clone(), health, fatal_tx.clone());
+    let imds = ImdsClient::new(&format!("http://{}:{}", args.metadata_ip, args.metadata_port))?
+        .with_limiter(ImdsLimiter::new(args.imds_limits()));
     let tokens = Arc::new(AzureTokens::new(
-        ImdsClient::new(&format!("http://{}:{}", args.metadata_ip, args.metadata_port))?,
+        imds,
         AadClient::new(&http)?,
         Arc::new(KubeSecrets(client)),
         metrics.clone(),
+        token_settings,
     ));
+    tokens.spawn_refresher(TOKEN_REFRESH_PERIOD);
     let state = AppState::new(config(args, mode), Arc::new(store), tokens, metrics);
     let gate = Gate {
         readiness,

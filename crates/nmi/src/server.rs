@@ -51,6 +51,8 @@ pub enum TokenFailure {
     Refused(String),
     /// Transport, secret, certificate or configuration trouble: 503.
     Unavailable(String),
+    /// This node's IMDS budget is spent (ours): 429 with `Retry-After`.
+    Throttled { message: String, retry_after_secs: u64 },
 }
 
 /// Where tokens come from (IMDS and Azure AD, cached). Implemented in `tokens`.
@@ -224,6 +226,7 @@ async fn token_for_pod(state: &AppState, pod: &PodView, q: &TokenQuery) -> Resul
         let client_id = q.identity.client_id.as_deref();
         let token = state.tokens.node_token(client_id, &q.resource).await.map_err(|e| match e {
             TokenFailure::Refused(m) | TokenFailure::Unavailable(m) => NmiError::BypassFailed(m),
+            TokenFailure::Throttled { message, retry_after_secs } => NmiError::Throttled { message, retry_after_secs },
         })?;
         tracing::info!(pod = %pod.name, namespace = %pod.namespace, resource = %q.resource, "Token for excepted pod from node IMDS");
         return Ok(json_response(&token));
@@ -349,6 +352,7 @@ async fn fetch_tokens(state: &AppState, identity: &IdentityView, resource: &str)
     let tokens = state.tokens.identity_tokens(identity, resource).await.map_err(|e| match e {
         TokenFailure::Refused(m) => NmiError::TokenRefused(m),
         TokenFailure::Unavailable(m) => NmiError::TokenUnavailable(m),
+        TokenFailure::Throttled { message, retry_after_secs } => NmiError::Throttled { message, retry_after_secs },
     })?;
     if let Some(oid) = tokens.first().and_then(crate::token::object_id) {
         let mut known = state.object_ids.write().unwrap_or_else(PoisonError::into_inner);

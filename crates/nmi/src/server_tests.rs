@@ -282,6 +282,9 @@ async fn token_refusal_is_403_and_unavailability_503() {
     assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::FORBIDDEN);
     *h.tokens.fail.lock().unwrap() = Some(TokenFailure::Unavailable("connection refused".into()));
     assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let busy = TokenFailure::Throttled { message: "too many".into(), retry_after_secs: 1 };
+    *h.tokens.fail.lock().unwrap() = Some(busy);
+    assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::TOO_MANY_REQUESTS, "this node's IMDS budget is spent");
 }
 
 #[tokio::test]
@@ -311,6 +314,9 @@ async fn excepted_pod_gets_a_node_token_with_its_client_id() {
     assert_eq!(h.tokens.node_calls.lock().unwrap().as_slice(), [Some("node-client".to_owned())]);
     *h.tokens.fail.lock().unwrap() = Some(TokenFailure::Unavailable("down".into()));
     assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::FORBIDDEN, "bypass errors are always 403");
+    *h.tokens.fail.lock().unwrap() = Some(TokenFailure::Throttled { message: "busy".into(), retry_after_secs: 3 });
+    let (status, headers, _) = h.get(TOKEN_URI).await;
+    assert_eq!((status, headers[http::header::RETRY_AFTER].to_str().unwrap()), (StatusCode::TOO_MANY_REQUESTS, "3"));
 }
 
 #[tokio::test]

@@ -248,7 +248,7 @@ async fn service_principals_get_aad_tokens_and_cached_ones_survive_an_aad_outage
     let p1 = e.pod("pod-1").await;
     e.assign("pod-0", "sp-1", sp_spec(1, sp1, s1), "Assigned").await;
     e.assign("pod-1", "sp-2", sp_spec(2, sp2, s2), "Assigned").await;
-    let nmi = e.setup.start_nmi(&e.node, &[]);
+    let nmi = e.setup.start_nmi(&e.node, &[&format!("--allowed-ad-endpoints={}", e.setup.aad_in_node)]);
     nmi.wait_active(&e.node).await;
 
     let (status, body) = raw(&p0, TOKEN_PATH, true).await;
@@ -272,6 +272,49 @@ async fn service_principals_get_aad_tokens_and_cached_ones_survive_an_aad_outage
     assert_eq!(status, 403, "new resource while AAD refuses: {body}");
     assert!(!body.contains("s3cret"));
     assert!(!nmi.log_text().contains("s3cret"), "the secret must never be logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_principal_credentials_outside_the_policy_are_neither_read_nor_sent() {
+    let e = env().await;
+    let sp = "11111111-0000-0000-0000-000000000003";
+    e.sim.register_service_principal_secret(sp, "s3cret");
+    let victim = TempNamespace::create(&e.client, "victim").await.expect("namespace");
+    let data = json!({"clientSecret": b64(b"s3cret")});
+    let own = secret(&e, "sp-secret", data.clone()).await;
+    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "victim-secret"}, "data": data})).unwrap();
+    Api::<Secret>::namespaced(e.client.clone(), victim.name()).create(&PostParams::default(), &s).await.unwrap();
+    let elsewhere = SecretReference { name: Some("victim-secret".into()), namespace: Some(victim.name().into()) };
+    // The same Azure AD reached through a second relay: an endpoint the operator did not allow.
+    let aad: std::net::SocketAddr =
+        e.setup.aad_in_node.trim_start_matches("https://").trim_end_matches('/').parse().unwrap();
+    let other_relay = e.node.ns.forward(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), aad).unwrap();
+    let spec = |ad_endpoint: String, secret: SecretReference| AzureIdentitySpec {
+        type_: Some(1),
+        client_id: Some(sp.into()),
+        tenant_id: Some(e.sim.tenant_id().into()),
+        ad_endpoint: Some(ad_endpoint),
+        client_password: Some(secret),
+        ..Default::default()
+    };
+    let (p0, p1, p2) = (e.pod("pod-0").await, e.pod("pod-1").await, e.pod("pod-2").await);
+    e.assign("pod-0", "sp-elsewhere", spec(e.setup.aad_in_node.clone(), elsewhere), "Assigned").await;
+    e.assign("pod-1", "sp-other-aad", spec(format!("https://{other_relay}/"), own.clone()), "Assigned").await;
+    e.assign("pod-2", "sp-ok", spec(e.setup.aad_in_node.clone(), own), "Assigned").await;
+    let nmi = e.setup.start_nmi(&e.node, &[&format!("--allowed-ad-endpoints={}", e.setup.aad_in_node)]);
+    nmi.wait_active(&e.node).await;
+
+    let (status, body) = raw(&p0, TOKEN_PATH, true).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("only from the identity's own namespace"), "{body}");
+    let (status, body) = raw(&p1, TOKEN_PATH, true).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("adEndpoint") && body.contains("--allowed-ad-endpoints"), "{body}");
+    assert_eq!(e.sim.counters().calls(Face::Aad, "token"), 0, "Azure AD received nothing");
+    let (status, body) = raw(&p2, TOKEN_PATH, true).await;
+    assert_eq!(status, 200, "the identity's own Secret to an allowed endpoint: {body}");
+    assert_eq!(e.sim.counters().calls(Face::Aad, "token"), 1);
+    assert!(!nmi.log_text().contains("s3cret"), "the secret is never logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

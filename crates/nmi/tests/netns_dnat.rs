@@ -20,7 +20,7 @@ use aadpodid_nmi::iptables::{self, Iptables, Rules};
 use aadpodid_nmi::metrics::Metrics;
 use aadpodid_nmi::select::RetryPolicy;
 use aadpodid_nmi::server::{self, AppState, Config};
-use aadpodid_nmi::tokens::AzureTokens;
+use aadpodid_nmi::tokens::{AzureTokens, TokenSettings};
 use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
 use serde_json::Value;
 use support::{FixedNode, FixedSecrets, jwt_claims, require_root, require_tool};
@@ -71,8 +71,9 @@ async fn world(pods: usize) -> World {
 async fn start_nmi(sim: &RunningSim, node: &Node, table: Arc<FixedNode>, imds_url: &str) {
     let metrics = Metrics::new().unwrap();
     let aad = AadClient::new(&HttpOptions::with_root_ca_pem(sim.ca_cert_pem().as_bytes().to_vec())).unwrap();
+    let secrets = Arc::new(FixedSecrets::default());
     let tokens =
-        AzureTokens::new(ImdsClient::new(imds_url).unwrap(), aad, Arc::new(FixedSecrets::default()), metrics.clone());
+        AzureTokens::new(ImdsClient::new(imds_url).unwrap(), aad, secrets, metrics.clone(), TokenSettings::default());
     let host = imds_url.trim_start_matches("http://").to_owned();
     let config = Config {
         retry: RetryPolicy { created: 2, assigned: 2, interval_secs: 0 },

@@ -578,6 +578,8 @@ impl Sandbox {
             let mut args = launch.args.clone();
             workload::set_flag(&mut args, "--kubeconfig", &kc.display().to_string());
             workload::set_flag(&mut args, "--extra-root-ca-file", &self.sim.ca_cert_pem_path().display().to_string());
+            // The simulator's Azure AD is no known cloud's: identities may name it only if allowed.
+            workload::set_flag(&mut args, "--allowed-ad-endpoints", &self.sim.aad_https_url());
             // The DaemonSet mounts the node's kubelet config (hostPath FileOrCreate); a stand-in.
             let kubelet_config = self.dir().join("kubelet-config");
             std::fs::write(&kubelet_config, "").map_err(|e| fail(step)(e.to_string()))?;

@@ -17,11 +17,14 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 /// The v1 token URL for `tenant_id` under `authority`, resolved like adal (Go's `url.Parse`
 /// reference resolution): `https://host/` + `t` gives `https://host/t/oauth2/token?api-version=1.0`;
 /// an authority without a trailing slash has its last path segment replaced. An empty authority
-/// means [`DEFAULT_AUTHORITY`].
+/// means [`DEFAULT_AUTHORITY`]. The tenant must look like a tenant (a GUID or a domain name:
+/// letters, digits, `.`, `-`, `_`) and the URL always stays on the authority's host: a tenant
+/// such as `http:evil.example` would otherwise resolve to another server.
 pub fn token_url(authority: &str, tenant_id: &str) -> Result<Url, TokenError> {
     let authority = if authority.trim().is_empty() { DEFAULT_AUTHORITY } else { authority.trim() };
     let tenant_id = tenant_id.trim();
-    if tenant_id.is_empty() || tenant_id.contains(['/', '?', '#']) {
+    let tenant_like = tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if tenant_id.is_empty() || !tenant_like || tenant_id.chars().all(|c| c == '.') {
         return Err(TokenError::InvalidRequest(format!("invalid tenant ID {tenant_id:?}")));
     }
     let base = Url::parse(authority)
@@ -32,6 +35,9 @@ pub fn token_url(authority: &str, tenant_id: &str) -> Result<Url, TokenError> {
     let mut url = base
         .join(&format!("{tenant_id}/oauth2/token"))
         .map_err(|e| TokenError::InvalidRequest(format!("invalid authority {authority:?}: {e}")))?;
+    if url.origin() != base.origin() {
+        return Err(TokenError::InvalidRequest(format!("tenant ID {tenant_id:?} leaves the authority {authority:?}")));
+    }
     url.set_query(Some("api-version=1.0"));
     Ok(url)
 }
@@ -119,7 +125,8 @@ impl AadClient {
         resource: &str,
     ) -> Result<Token, TokenError> {
         let redacted = aadpodid_api::view::redact_client_id(client_id);
-        let response = self.http.post(url).form(form).send().await.map_err(TokenError::Transport)?;
+        let response =
+            self.http.post(url).form(form).send().await.map_err(|e| TokenError::Transport(e.without_url()))?;
         let mut token = read_token_response(response).await.inspect_err(|error| {
             debug!(client_id = %redacted, resource, %error, "Azure AD token request failed");
         })?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::debug;
 use url::Url;
 
-use super::{Token, TokenError, read_token_response};
+use super::{ImdsLimiter, Token, TokenError, read_token_response};
 use crate::http::HttpOptions;
 
 /// Where IMDS lives on every Azure VM.
@@ -91,6 +91,7 @@ pub struct ImdsClient {
     http: reqwest::Client,
     endpoint: Url,
     retry: RetryPolicy,
+    limiter: Option<ImdsLimiter>,
 }
 
 impl ImdsClient {
@@ -105,12 +106,19 @@ impl ImdsClient {
         let base =
             Url::parse(base_url).map_err(|e| TokenError::InvalidRequest(format!("IMDS URL {base_url:?}: {e}")))?;
         let endpoint = base.join(TOKEN_PATH).map_err(|e| TokenError::InvalidRequest(format!("IMDS URL: {e}")))?;
-        Ok(Self { http: http.build(true)?, endpoint, retry })
+        Ok(Self { http: http.build(true)?, endpoint, retry, limiter: None })
     }
 
     /// The same client with another retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// The same client with every attempt (retries included) within `limiter`'s budget; share
+    /// one limiter by every IMDS client of a node.
+    pub fn with_limiter(mut self, limiter: ImdsLimiter) -> Self {
+        self.limiter = Some(limiter);
         self
     }
 
@@ -120,8 +128,52 @@ impl ImdsClient {
     }
 
     /// Fetches a token for `resource` from IMDS, retrying as the policy says. A final non-200
-    /// is [`TokenError::Refused`]. Dropping the future cancels the call and any pending retry.
+    /// is [`TokenError::Refused`]; an attempt the limiter has no room for ends the call with
+    /// [`TokenError::Throttled`]. Dropping the future cancels the call and any pending retry.
     pub async fn token(&self, resource: &str, identity: &IdentitySelector) -> Result<Token, TokenError> {
+        let url = self.token_url(resource, identity);
+        let attempts = self.retry.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let permit = match &self.limiter {
+                Some(limiter) => Some(limiter.acquire().await.inspect_err(|error| {
+                    debug!(%error, attempt, "No room for an IMDS call on this node");
+                })?),
+                None => None,
+            };
+            let outcome = self.http.get(url.clone()).header("Metadata", "true").send().await;
+            let retriable = match &outcome {
+                Ok(response) => is_retriable_status(response.status().as_u16()),
+                Err(_) => true,
+            };
+            if !retriable || attempt >= attempts {
+                let token = match outcome {
+                    Ok(response) => read_token_response(response).await,
+                    Err(error) => Err(TokenError::Transport(error.without_url())),
+                };
+                drop(permit);
+                log_outcome(&token, identity, resource, attempt);
+                return token;
+            }
+            drop(permit);
+            let delay = self.retry.delay_after(attempt);
+            match &outcome {
+                Ok(response) => {
+                    debug!(status = response.status().as_u16(), attempt, ?delay, "IMDS token request failed, retrying")
+                }
+                Err(error) => {
+                    let error = super::redact_ids(&error.to_string());
+                    debug!(%error, attempt, ?delay, "IMDS unreachable, retrying");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+impl ImdsClient {
+    fn token_url(&self, resource: &str, identity: &IdentitySelector) -> Url {
         let mut url = self.endpoint.clone();
         {
             let mut query = url.query_pairs_mut();
@@ -131,29 +183,7 @@ impl ImdsClient {
             }
             query.append_pair("resource", resource);
         }
-        let attempts = self.retry.attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let outcome = self.http.get(url.clone()).header("Metadata", "true").send().await;
-            let retriable = match &outcome {
-                Ok(response) => is_retriable_status(response.status().as_u16()),
-                Err(_) => true,
-            };
-            if !retriable || attempt >= attempts {
-                let token = read_token_response(outcome.map_err(TokenError::Transport)?).await;
-                log_outcome(&token, identity, resource, attempt);
-                return token;
-            }
-            let delay = self.retry.delay_after(attempt);
-            match &outcome {
-                Ok(response) => {
-                    debug!(status = response.status().as_u16(), attempt, ?delay, "IMDS token request failed, retrying")
-                }
-                Err(error) => debug!(%error, attempt, ?delay, "IMDS unreachable, retrying"),
-            }
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        }
+        url
     }
 }
 

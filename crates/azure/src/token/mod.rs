@@ -6,6 +6,8 @@
 mod aad;
 mod cert;
 mod imds;
+mod limit;
+mod redact;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use aad::{AadClient, DEFAULT_AUTHORITY, token_url};
 pub use cert::ClientCertificate;
 pub use imds::{DEFAULT_IMDS_URL, IMDS_API_VERSION, IdentitySelector, ImdsClient, RetryPolicy, is_retriable_status};
+pub use limit::{ImdsLimiter, ImdsLimits, ImdsPermit, RateWindow};
+pub use redact::redact_ids;
 
 use crate::http::BuildError;
 
@@ -199,6 +203,9 @@ pub enum TokenError {
     /// The HTTP client could not be built (bad extra root CA, ...).
     #[error("failed to build the token client")]
     Client(#[from] BuildError),
+    /// This node's own IMDS budget is spent (see [`ImdsLimiter`]); nothing was sent.
+    #[error("too many IMDS token requests on this node; retry after {}s", retry_after.as_secs())]
+    Throttled { retry_after: Duration },
 }
 
 impl TokenError {
@@ -211,33 +218,31 @@ impl TokenError {
             | Self::InvalidResponse(_)
             | Self::Certificate(_)
             | Self::InvalidRequest(_)
-            | Self::Client(_) => false,
+            | Self::Client(_)
+            | Self::Throttled { .. } => false,
+        }
+    }
+
+    /// True when the endpoint is unavailable for now (unreachable, timed out, 404/408/410/429/5xx
+    /// as IMDS uses them, an unreadable 200, or this node's own IMDS budget) rather than saying
+    /// no to this identity (400, 401, 403, a bad certificate or request). A cache may keep
+    /// serving a valid token through the former, never through the latter.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Refused { status, .. } => is_retriable_status(*status),
+            Self::Transport(_) | Self::InvalidResponse(_) | Self::Throttled { .. } => true,
+            Self::Certificate(_) | Self::InvalidRequest(_) | Self::Client(_) => false,
         }
     }
 }
 
-/// Bodies of refusals are kept for the error text, bounded so a misbehaving endpoint cannot
-/// flood the logs.
-const MAX_ERROR_BODY: usize = 2048;
-
-fn truncate_body(mut body: String) -> String {
-    if body.len() > MAX_ERROR_BODY {
-        let mut cut = MAX_ERROR_BODY;
-        while !body.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        body.truncate(cut);
-        body.push('…');
-    }
-    body
-}
-
-/// Reads a token response: non-200 is a refusal, a 200 must be token JSON.
+/// Reads a token response: non-200 is a refusal (its body summarised without identity IDs), a
+/// 200 must be token JSON.
 async fn read_token_response(response: reqwest::Response) -> Result<Token, TokenError> {
     let status = response.status();
-    let body = response.text().await.map_err(TokenError::Transport)?;
+    let body = response.text().await.map_err(|e| TokenError::Transport(e.without_url()))?;
     if status != reqwest::StatusCode::OK {
-        return Err(TokenError::Refused { status: status.as_u16(), body: truncate_body(body) });
+        return Err(TokenError::Refused { status: status.as_u16(), body: redact::summarize_error_body(&body) });
     }
     let mut token: Token = serde_json::from_str(&body).map_err(TokenError::InvalidResponse)?;
     token.normalize_expires_on(SystemTime::now());

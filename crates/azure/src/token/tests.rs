@@ -161,6 +161,33 @@ fn token_url_joins_authority_and_tenant_like_adal() {
 }
 
 #[test]
+fn a_tenant_id_can_never_move_the_token_request_to_another_server() {
+    for tenant in ["http:evil.example", "https:evil.example", "evil.example:443", "..", "t enant", "t%2fx", "t\\x"] {
+        let url = token_url("https://login.microsoftonline.com/", tenant);
+        assert!(matches!(url, Err(TokenError::InvalidRequest(_))), "{tenant}: {url:?}");
+    }
+    for tenant in ["72f988bf-86f1-41af-91ab-2d7cd011db47", "contoso.onmicrosoft.com", "common", "adfs"] {
+        let url = token_url("https://login.microsoftonline.com/", tenant).unwrap();
+        assert_eq!(url.host_str(), Some("login.microsoftonline.com"), "{tenant}");
+    }
+}
+
+#[test]
+fn transient_failures_are_unavailability_and_the_rest_say_no() {
+    let refused = |status| TokenError::Refused { status, body: String::new() };
+    for status in [404, 408, 410, 429, 500, 502, 503, 504] {
+        assert!(refused(status).is_transient(), "{status}");
+    }
+    for status in [400, 401, 403] {
+        assert!(!refused(status).is_transient(), "{status}");
+    }
+    assert!(TokenError::Throttled { retry_after: Duration::from_secs(1) }.is_transient());
+    assert!(!TokenError::Throttled { retry_after: Duration::from_secs(1) }.is_refusal());
+    assert!(!TokenError::Certificate("bad".into()).is_transient());
+    assert!(!TokenError::InvalidRequest("bad".into()).is_transient());
+}
+
+#[test]
 fn client_assertion_is_an_rs256_jwt_that_verifies_with_the_certificate_key() {
     let (cert_der, key_der) = mk_rsa_cert();
     let cert = ClientCertificate::from_der(&cert_der, &key_der).unwrap();
