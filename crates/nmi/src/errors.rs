@@ -10,6 +10,10 @@ use http::{HeaderValue, StatusCode, header};
 pub const METADATA_HEADER_BODY: &str =
     "{\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"}\n";
 
+/// The JSON body of the forwarding-header rejection, in IMDS's error shape (never "Identity not
+/// found", which .NET's probe reads as "no identity").
+pub const FORWARDED_BODY: &str = "{\"error\":\"invalid_request\",\"error_description\":\"Request contains a forwarding header (X-Forwarded-For or Forwarded); requests through a proxy are refused\"}\n";
+
 /// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NmiError {
@@ -45,15 +49,20 @@ pub enum NmiError {
     /// The real IMDS could not be reached by the proxy.
     #[error("{0}")]
     Proxy(String),
+    /// `X-Forwarded-For` or `Forwarded` present: IMDS refuses relayed requests.
+    #[error("Request contains a forwarding header (X-Forwarded-For or Forwarded)")]
+    Forwarded,
 }
 
 impl NmiError {
     /// The status the original answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MetadataHeaderRequired | Self::ResourceEmpty | Self::HostHeadersMissing | Self::InvalidRequest => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MetadataHeaderRequired
+            | Self::ResourceEmpty
+            | Self::HostHeadersMissing
+            | Self::InvalidRequest
+            | Self::Forwarded => StatusCode::BAD_REQUEST,
             Self::InstanceBlocked | Self::TokenRefused(_) | Self::BypassFailed(_) => StatusCode::FORBIDDEN,
             Self::IdentityNotFound { retry_after: false, .. } => StatusCode::NOT_FOUND,
             Self::IdentityNotFound { retry_after: true, .. } | Self::TokenUnavailable(_) => {
@@ -70,16 +79,10 @@ impl IntoResponse for NmiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match self {
-            Self::MetadataHeaderRequired => {
-                let mut res = (status, METADATA_HEADER_BODY).into_response();
-                res.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-                res
-            }
+            Self::MetadataHeaderRequired => json_error(status, METADATA_HEADER_BODY),
+            Self::Forwarded => json_error(status, FORWARDED_BODY),
             Self::IdentityNotFound { retry_after: true, .. } => {
-                let mut res = text_error(status, &self.to_string());
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("20"));
-                res
+                with_retry_after(text_error(status, &self.to_string()), HeaderValue::from_static("20"))
             }
             Self::RemoteAddressEmpty
             | Self::NotFromHost
@@ -95,6 +98,17 @@ impl IntoResponse for NmiError {
             | Self::Proxy(_) => text_error(status, &self.to_string()),
         }
     }
+}
+
+fn json_error(status: StatusCode, body: &'static str) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    res
+}
+
+fn with_retry_after(mut res: Response, seconds: HeaderValue) -> Response {
+    res.headers_mut().insert(header::RETRY_AFTER, seconds);
+    res
 }
 
 /// Go's `http.Error`: plain text, `nosniff`, message plus a newline.
@@ -153,5 +167,15 @@ mod tests {
         let (status, headers) = parts(NmiError::IdentityNotFound { message: "m".into(), retry_after: true });
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(headers[header::RETRY_AFTER], "20");
+    }
+
+    #[test]
+    fn forwarded_requests_get_an_imds_shaped_json_400() {
+        let (status, headers) = parts(NmiError::Forwarded);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json; charset=utf-8");
+        let v: serde_json::Value = serde_json::from_str(FORWARDED_BODY).unwrap();
+        assert_eq!(v["error"], "invalid_request");
+        assert!(!FORWARDED_BODY.contains("Identity not found"));
     }
 }

@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 
 use crate::errors::NmiError;
 use crate::metrics::{self, Metrics};
@@ -133,8 +133,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, node: Arc<dyn NodeState>, tokens: Arc<dyn TokenSource>, metrics: Metrics) -> Self {
-        // IMDS must never be reached through an HTTP proxy; the original's client has no timeout.
-        let proxy = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+        // IMDS must never be reached through an HTTP proxy, and its redirects go back to the
+        // caller (who asks again, through NMI's routing) instead of being followed here.
+        let proxy = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         Self { config: Arc::new(config), node, tokens, metrics, proxy, object_ids: Arc::default() }
     }
 }
@@ -145,20 +150,19 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
-    let path = req.uri().path().to_owned();
-    match query::route(&path, req.uri().query(), state.config.block_instance_metadata) {
+    match query::route(req.uri().path(), req.uri().query(), state.config.block_instance_metadata) {
         Route::Redirect(to) => redirect(&to),
-        Route::Token => {
+        Route::Token(path) => {
             let (parts, _) = req.into_parts();
             measured(&state, &path, parts.uri.query(), token(&state, peer, &parts)).await
         }
-        Route::HostToken => {
+        Route::HostToken(path) => {
             let (parts, _) = req.into_parts();
             measured(&state, &path, parts.uri.query(), host_token(&state, peer, &parts)).await
         }
         Route::InvalidRequest => NmiError::InvalidRequest.into_response(),
         Route::InstanceBlocked => NmiError::InstanceBlocked.into_response(),
-        Route::Proxy => proxy(&state, req).await.unwrap_or_else(IntoResponse::into_response),
+        Route::Proxy(path) => proxy(&state, &path, req).await.unwrap_or_else(IntoResponse::into_response),
     }
 }
 
@@ -202,6 +206,7 @@ async fn measured(
 async fn token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<String>, Result<Response, NmiError>) {
     let early = (|| {
         query::check_metadata_header(&req.headers, state.config.metadata_header_required)?;
+        query::check_not_forwarded(&req.headers)?;
         let ip = caller_ipv4(peer).ok_or(NmiError::RemoteAddressEmpty)?;
         Ok::<_, NmiError>((ip, query::parse_token_query(req.uri.query())?))
     })();
@@ -394,7 +399,7 @@ async fn host_token_for(
 
 // === Proxy ===
 
-/// Hop-by-hop headers and the ones IMDS must not see (it rejects `X-Forwarded-For`).
+/// Hop-by-hop headers, and the Host header the proxy sets itself.
 const DROPPED_REQUEST_HEADERS: &[header::HeaderName] = &[
     header::HOST,
     header::CONNECTION,
@@ -407,25 +412,32 @@ const DROPPED_REQUEST_HEADERS: &[header::HeaderName] = &[
 const DROPPED_RESPONSE_HEADERS: &[header::HeaderName] =
     &[header::CONNECTION, header::TRANSFER_ENCODING, header::CONTENT_LENGTH, header::UPGRADE];
 
-async fn proxy(state: &AppState, req: Request) -> Result<Response, NmiError> {
+/// Forwards a request to IMDS with `path`, the decoded path it was routed on (never the raw
+/// one), its query as sent, and IMDS's own Host header.
+async fn proxy(state: &AppState, path: &str, req: Request) -> Result<Response, NmiError> {
     query::check_metadata_header(req.headers(), state.config.metadata_header_required)?;
-    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-    let url = format!("{}{path_and_query}", state.config.imds_base);
+    query::check_not_forwarded(req.headers())?;
+    if req.method() == Method::CONNECT {
+        return Err(NmiError::InvalidRequest);
+    }
+    let url = match req.uri().query() {
+        Some(q) => format!("{}{path}?{q}", state.config.imds_base),
+        None => format!("{}{path}", state.config.imds_base),
+    };
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20).await.map_err(|e| NmiError::Proxy(e.to_string()))?;
     let mut headers = parts.headers;
     for name in DROPPED_REQUEST_HEADERS {
         headers.remove(name);
     }
-    headers.remove("x-forwarded-for");
     if let Ok(host) = HeaderValue::from_str(&state.config.imds_host) {
         headers.insert(header::HOST, host);
     }
     let upstream = state.proxy.request(parts.method, url).headers(headers).body(body).send().await;
-    let upstream =
+    let mut upstream =
         upstream.map_err(|e| NmiError::Proxy(format!("failed to reach the instance metadata service: {e}")))?;
     let status = upstream.status();
-    let mut out_headers = upstream.headers().clone();
+    let mut out_headers = std::mem::take(upstream.headers_mut());
     for name in DROPPED_RESPONSE_HEADERS {
         out_headers.remove(name);
     }
