@@ -4,6 +4,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::limits::{Limits, Rate};
 
 /// Flags of the `nmi` binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -100,8 +103,62 @@ pub struct Args {
     /// PEM file of extra root CAs for Azure AD (e.g. a simulator's); not in the original.
     #[arg(long = "extra-root-ca-file", env = "AADPODID_EXTRA_ROOT_CA_FILE", hide = true)]
     pub extra_root_ca_file: Option<PathBuf>,
+    // Bounds on the listener (not in the original, which has none). The defaults never limit an
+    // SDK that works against a VM's real IMDS.
+    /// Seconds a request head may take to arrive, from the connection's start (or the request's
+    /// first byte on a kept-alive connection); a slower client is disconnected. SDKs send a head
+    /// in one write.
+    #[arg(long = "header-read-timeout-sec", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_sec: u64,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed; longer
+    /// than the SDKs' own idle pool timeouts (60–90 s), so clients close first.
+    #[arg(long = "idle-timeout-sec", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_sec: u64,
+    /// Open connections on this node; more are closed at once.
+    #[arg(long = "max-connections", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Open connections from one pod (source address); more are closed at once, and the pod's
+    /// other connections and every other pod are unaffected.
+    #[arg(long = "max-connections-per-pod", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_pod: u32,
+    /// Requests being answered at once on this node (a request may wait up to the identity
+    /// assignment wait); more get 503 with `Retry-After: 1`, which SDKs retry.
+    #[arg(long = "max-requests-in-flight", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_in_flight: u32,
+    /// Requests per second one pod (source address) may sustain; more get 429 with
+    /// `Retry-After`, which SDKs retry. 0 disables the limit. Real IMDS allows a whole VM 20.
+    #[arg(long = "pod-requests-per-second", default_value_t = 100)]
+    pub pod_requests_per_second: u32,
+    /// Requests one pod may send at once above its rate (a start-up burst of probes and tokens).
+    #[arg(long = "pod-request-burst", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pod_request_burst: u32,
+    /// Largest request body forwarded to IMDS, in bytes; larger ones get 413. IMDS requests have
+    /// none or a small JSON one.
+    #[arg(long = "max-request-body-bytes", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_body_bytes: u32,
+    /// Seconds the proxy waits for IMDS's whole answer to a forwarded request (and for the
+    /// request's body); then 500, as for an unreachable IMDS.
+    #[arg(long = "imds-proxy-timeout-sec", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub imds_proxy_timeout_sec: u64,
     #[command(flatten)]
     pub klog: aadpodid_runtime::goflags::KlogArgs,
+}
+
+impl Args {
+    /// The listener's and the request path's bounds.
+    pub fn limits(&self) -> Limits {
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_sec),
+            idle_timeout: Duration::from_secs(self.idle_timeout_sec),
+            max_connections: count(self.max_connections),
+            max_connections_per_pod: count(self.max_connections_per_pod),
+            max_requests_in_flight: count(self.max_requests_in_flight),
+            pod_rate: Rate { per_second: self.pod_requests_per_second, burst: self.pod_request_burst },
+            max_body_bytes: count(self.max_request_body_bytes),
+            proxy_timeout: Duration::from_secs(self.imds_proxy_timeout_sec),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +207,30 @@ mod tests {
         assert!(a.force_namespaced && a.block_instance_metadata);
         assert!(!a.metadata_header_required && !a.enable_scale_features);
         assert_eq!(a.mic_namespace, "kube-system");
+    }
+
+    #[test]
+    fn limit_flags_default_to_the_documented_limits_and_can_be_set() {
+        assert_eq!(parse(&["nmi"]).limits(), Limits::default());
+        let a = parse(&[
+            "nmi",
+            "--header-read-timeout-sec=3",
+            "--idle-timeout-sec=7",
+            "--max-connections=10",
+            "--max-connections-per-pod=2",
+            "--max-requests-in-flight=5",
+            "--pod-requests-per-second=0",
+            "--pod-request-burst=4",
+            "--max-request-body-bytes=100",
+            "--imds-proxy-timeout-sec=9",
+        ]);
+        let l = a.limits();
+        assert_eq!((l.header_read_timeout, l.idle_timeout), (Duration::from_secs(3), Duration::from_secs(7)));
+        assert_eq!((l.max_connections, l.max_connections_per_pod, l.max_requests_in_flight), (10, 2, 5));
+        assert_eq!(l.pod_rate, Rate { per_second: 0, burst: 4 });
+        assert_eq!((l.max_body_bytes, l.proxy_timeout), (100, Duration::from_secs(9)));
+        let zero = Args::try_parse_from(["nmi", "--max-connections-per-pod=0"]).unwrap_err();
+        assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

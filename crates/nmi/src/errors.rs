@@ -52,6 +52,18 @@ pub enum NmiError {
     /// `X-Forwarded-For` or `Forwarded` present: IMDS refuses relayed requests.
     #[error("Request contains a forwarding header (X-Forwarded-For or Forwarded)")]
     Forwarded,
+    /// The caller (pod) went over its request rate; it may retry after this many seconds.
+    #[error("Too many requests from this pod")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// Too many requests in flight on the node; retry after a second.
+    #[error("NMI is busy")]
+    Overloaded,
+    /// A request body larger than the proxy accepts.
+    #[error("Request body too large")]
+    BodyTooLarge,
+    /// A request body that did not arrive in time.
+    #[error("Request body not received in time")]
+    BodyTimeout,
 }
 
 impl NmiError {
@@ -63,6 +75,10 @@ impl NmiError {
             | Self::HostHeadersMissing
             | Self::InvalidRequest
             | Self::Forwarded => StatusCode::BAD_REQUEST,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InstanceBlocked | Self::TokenRefused(_) | Self::BypassFailed(_) => StatusCode::FORBIDDEN,
             Self::IdentityNotFound { retry_after: false, .. } => StatusCode::NOT_FOUND,
             Self::IdentityNotFound { retry_after: true, .. } | Self::TokenUnavailable(_) => {
@@ -84,6 +100,10 @@ impl IntoResponse for NmiError {
             Self::IdentityNotFound { retry_after: true, .. } => {
                 with_retry_after(text_error(status, &self.to_string()), HeaderValue::from_static("20"))
             }
+            Self::TooManyRequests { retry_after_secs } => {
+                with_retry_after(text_error(status, &self.to_string()), HeaderValue::from(retry_after_secs.max(1)))
+            }
+            Self::Overloaded => with_retry_after(text_error(status, &self.to_string()), HeaderValue::from_static("1")),
             Self::RemoteAddressEmpty
             | Self::NotFromHost
             | Self::ResourceEmpty
@@ -95,7 +115,9 @@ impl IntoResponse for NmiError {
             | Self::TokenRefused(_)
             | Self::TokenUnavailable(_)
             | Self::BypassFailed(_)
-            | Self::Proxy(_) => text_error(status, &self.to_string()),
+            | Self::Proxy(_)
+            | Self::BodyTooLarge
+            | Self::BodyTimeout => text_error(status, &self.to_string()),
         }
     }
 }
@@ -153,6 +175,8 @@ mod tests {
     #[case(NmiError::TokenUnavailable("down".into()), 503, "down")]
     #[case(NmiError::BypassFailed("x".into()), 403, "x")]
     #[case(NmiError::Proxy("x".into()), 500, "x")]
+    #[case(NmiError::BodyTooLarge, 413, "Request body too large")]
+    #[case(NmiError::BodyTimeout, 408, "Request body not received in time")]
     fn text_errors_have_the_original_status_and_text(#[case] err: NmiError, #[case] status: u16, #[case] text: &str) {
         assert_eq!(err.to_string(), text);
         let (got, headers) = parts(err);
@@ -177,5 +201,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(FORWARDED_BODY).unwrap();
         assert_eq!(v["error"], "invalid_request");
         assert!(!FORWARDED_BODY.contains("Identity not found"));
+    }
+
+    #[rstest]
+    #[case(NmiError::TooManyRequests { retry_after_secs: 3 }, 429, "3")]
+    #[case(NmiError::TooManyRequests { retry_after_secs: 0 }, 429, "1")]
+    #[case(NmiError::Overloaded, 503, "1")]
+    fn limits_answer_with_retry_after(#[case] err: NmiError, #[case] status: u16, #[case] retry_after: &str) {
+        let (got, headers) = parts(err);
+        assert_eq!(got.as_u16(), status);
+        assert_eq!(headers[header::RETRY_AFTER], retry_after);
     }
 }

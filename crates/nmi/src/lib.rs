@@ -5,13 +5,16 @@
 //! main → run ─┬─ iptables (chain aad-metadata, reconciled)
 //!             ├─ store (kube reflectors) ──► NodeState ──┐
 //!             ├─ tokens (IMDS / Azure AD + cache) ──────┴─► server (axum; no kube)
-//!             └─ probes, metrics                               query, select, errors: pure
+//!             ├─ listener (connection caps, timeouts) ────► server
+//!             └─ probes, metrics                               query, select, limits, errors: pure
 //! ```
 
 pub mod args;
 pub mod cache;
 pub mod errors;
 pub mod iptables;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod query;
 mod run;

@@ -17,7 +17,7 @@ use crate::args::Args;
 use crate::iptables::{self, Rules};
 use crate::metrics::Metrics;
 use crate::select::RetryPolicy;
-use crate::server::{self, AppState, Config, Mode};
+use crate::server::{AppState, Config, Mode};
 use crate::store::{KubeSecrets, KubeStore};
 use crate::tokens::AzureTokens;
 
@@ -108,6 +108,7 @@ fn config(args: &Args, mode: Mode) -> Config {
         block_instance_metadata: args.block_instance_metadata,
         imds_base: format!("http://{}:{}", args.metadata_ip, args.metadata_port),
         imds_host: format!("{}:{}", args.metadata_ip, args.metadata_port),
+        limits: args.limits(),
         ..Config::default()
     }
 }
@@ -133,9 +134,8 @@ async fn spawn_listener(args: &Args, state: AppState, fatal: mpsc::Sender<anyhow
     let addr = SocketAddr::from((args.listen_address, args.nmi_port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "Listening");
-    let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = crate::listener::serve(listener, state).await {
             let _ = fatal.send(anyhow::Error::new(err).context("NMI listener failed")).await;
         }
     });

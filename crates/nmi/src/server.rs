@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use aadpodid_api::AzurePodIdentityException;
@@ -18,8 +18,10 @@ use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::errors::NmiError;
+use crate::limits::{self, Limits, RateLimiter};
 use crate::metrics::{self, Metrics};
 use crate::query::{self, IdentityRequest, Route, TokenQuery};
 use crate::select::{self, AssignedView, BindingView, IdentityView, PodView, RetryPolicy, Step};
@@ -98,6 +100,8 @@ pub struct Config {
     /// Pod lookup: retries after the first attempt (4) and their spacing (300 ms).
     pub pod_lookup_retries: u32,
     pub pod_lookup_interval: Duration,
+    /// Connection, rate, time and size bounds.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -115,6 +119,7 @@ impl Default for Config {
             imds_host: "169.254.169.254:80".into(),
             pod_lookup_retries: 4,
             pod_lookup_interval: Duration::from_millis(300),
+            limits: Limits::default(),
         }
     }
 }
@@ -129,6 +134,10 @@ pub struct AppState {
     proxy: reqwest::Client,
     /// Principal IDs learnt from tokens' `oid` claims, by client ID (ours, for `object_id`).
     object_ids: Arc<RwLock<HashMap<String, String>>>,
+    /// Each pod's request rate.
+    rates: Arc<Mutex<RateLimiter>>,
+    /// Requests being answered on the node.
+    in_flight: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -138,9 +147,12 @@ impl AppState {
         let proxy = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.limits.proxy_timeout)
             .build()
             .unwrap_or_default();
-        Self { config: Arc::new(config), node, tokens, metrics, proxy, object_ids: Arc::default() }
+        let rates = Arc::new(Mutex::new(RateLimiter::new(config.limits.pod_rate)));
+        let in_flight = Arc::new(Semaphore::new(config.limits.max_requests_in_flight));
+        Self { config: Arc::new(config), node, tokens, metrics, proxy, object_ids: Arc::default(), rates, in_flight }
     }
 }
 
@@ -150,6 +162,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let _permit = match admit(&state, peer.ip()) {
+        Ok(permit) => permit,
+        Err(err) => return err.into_response(),
+    };
     match query::route(req.uri().path(), req.uri().query(), state.config.block_instance_metadata) {
         Route::Redirect(to) => redirect(&to),
         Route::Token(path) => {
@@ -164,6 +180,19 @@ async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<
         Route::InstanceBlocked => NmiError::InstanceBlocked.into_response(),
         Route::Proxy(path) => proxy(&state, &path, req).await.unwrap_or_else(IntoResponse::into_response),
     }
+}
+
+/// The pod's rate, then the node's requests in flight; the permit is held until the answer.
+fn admit(state: &AppState, ip: IpAddr) -> Result<OwnedSemaphorePermit, NmiError> {
+    let checked = state.rates.lock().unwrap_or_else(PoisonError::into_inner).check(ip, Instant::now());
+    if let Err(wait) = checked {
+        tracing::debug!(%ip, "Request refused: over the pod's request rate");
+        return Err(NmiError::TooManyRequests { retry_after_secs: limits::retry_after_secs(wait) });
+    }
+    state.in_flight.clone().try_acquire_owned().map_err(|_| {
+        tracing::debug!(%ip, "Request refused: too many requests in flight");
+        NmiError::Overloaded
+    })
 }
 
 fn redirect(to: &str) -> Response {
@@ -412,6 +441,9 @@ const DROPPED_REQUEST_HEADERS: &[header::HeaderName] = &[
 const DROPPED_RESPONSE_HEADERS: &[header::HeaderName] =
     &[header::CONNECTION, header::TRANSFER_ENCODING, header::CONTENT_LENGTH, header::UPGRADE];
 
+/// IMDS's largest answers (the instance document) are a few KiB.
+const MAX_UPSTREAM_BODY: usize = 8 << 20;
+
 /// Forwards a request to IMDS with `path`, the decoded path it was routed on (never the raw
 /// one), its query as sent, and IMDS's own Host header.
 async fn proxy(state: &AppState, path: &str, req: Request) -> Result<Response, NmiError> {
@@ -425,7 +457,7 @@ async fn proxy(state: &AppState, path: &str, req: Request) -> Result<Response, N
         None => format!("{}{path}", state.config.imds_base),
     };
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.map_err(|e| NmiError::Proxy(e.to_string()))?;
+    let body = read_body(body, &state.config.limits).await?;
     let mut headers = parts.headers;
     for name in DROPPED_REQUEST_HEADERS {
         headers.remove(name);
@@ -441,11 +473,41 @@ async fn proxy(state: &AppState, path: &str, req: Request) -> Result<Response, N
     for name in DROPPED_RESPONSE_HEADERS {
         out_headers.remove(name);
     }
-    let bytes = upstream.bytes().await.map_err(|e| NmiError::Proxy(e.to_string()))?;
+    let bytes = read_upstream(upstream).await?;
     let mut res = Response::new(Body::from(bytes));
     *res.status_mut() = status;
     *res.headers_mut() = out_headers;
     Ok(res)
+}
+
+/// The request body, at most `max_body_bytes`, arriving within the proxy timeout.
+async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, NmiError> {
+    let read = tokio::time::timeout(limits.proxy_timeout, axum::body::to_bytes(body, limits.max_body_bytes));
+    match read.await {
+        Err(_elapsed) => Err(NmiError::BodyTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(err)) => {
+            let source = err.into_inner();
+            if source.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(NmiError::BodyTooLarge)
+            } else {
+                Err(NmiError::InvalidRequest)
+            }
+        }
+    }
+}
+
+async fn read_upstream(mut upstream: reqwest::Response) -> Result<Vec<u8>, NmiError> {
+    let mut out = Vec::new();
+    while let Some(chunk) =
+        upstream.chunk().await.map_err(|e| NmiError::Proxy(format!("reading the instance metadata answer: {e}")))?
+    {
+        if out.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(NmiError::Proxy("the instance metadata answer is too large".into()));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

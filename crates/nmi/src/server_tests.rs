@@ -570,3 +570,69 @@ async fn unreachable_imds_is_500() {
     let h = harness(Config { imds_base: format!("http://{addr}"), imds_host: addr.to_string(), ..fast_config() });
     assert_eq!(h.get("/metadata/versions").await.0, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+fn with_limits(config: Config, limits: Limits) -> Config {
+    Config { limits, ..config }
+}
+
+#[tokio::test]
+async fn proxied_bodies_are_bounded_in_size_and_in_time() {
+    let (addr, seen, task) = fake_imds().await;
+    let limits = Limits { max_body_bytes: 64, proxy_timeout: Duration::from_millis(300), ..Limits::default() };
+    let h = harness(with_limits(proxied_to(&addr, fast_config()), limits));
+    let post = |body: Body| {
+        http::Request::post("/metadata/scheduledevents?api-version=2020-07-01")
+            .header("Metadata", "true")
+            .body(body)
+            .unwrap()
+    };
+    let (status, _, body) = h.call(POD_IP, post(Body::from(vec![b'x'; 65]))).await;
+    assert_eq!((status, body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n"));
+    let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+    let started = Instant::now();
+    let (status, _, _) = h.call(POD_IP, post(Body::from_stream(never))).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(seen.lock().unwrap().is_empty(), "nothing forwarded: {:?}", seen.lock().unwrap());
+    assert_eq!(h.call(POD_IP, post(Body::from(vec![b'x'; 64]))).await.0, StatusCode::IM_A_TEAPOT);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_silent_imds_is_500_after_the_proxy_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let limits = Limits { proxy_timeout: Duration::from_millis(300), ..Limits::default() };
+    let h = harness(with_limits(proxied_to(&addr, fast_config()), limits));
+    let started = Instant::now();
+    assert_eq!(h.get("/metadata/instance?api-version=2021-02-01").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    silent.abort();
+}
+
+#[tokio::test]
+async fn a_pod_over_its_rate_gets_429_and_another_pod_is_served() {
+    let limits = Limits { pod_rate: crate::limits::Rate { per_second: 1, burst: 2 }, ..Limits::default() };
+    let h = harness(with_limits(fast_config(), limits));
+    h.assign(AssignedIdentityState::Assigned, "id-a", "client-a");
+    h.node.pods.lock().unwrap().push(PodView {
+        namespace: "apps".into(),
+        name: "other".into(),
+        ip: "10.244.1.6".parse().ok(),
+        phase: "Running".into(),
+        ..Default::default()
+    });
+    assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::OK);
+    assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::OK);
+    let (status, headers, body) = h.get(TOKEN_URI).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(!body.contains("token-for"));
+    assert_eq!(h.call("10.244.1.6", get_req(TOKEN_URI, true)).await.0, StatusCode::OK, "its own budget");
+}
