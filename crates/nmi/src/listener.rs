@@ -19,17 +19,15 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::limits::{ConnectionSlots, HeadClock, Limits};
-use crate::server::{self, AppState};
 
 /// Request heads larger than this are refused (an SDK's is well under 2 KiB).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Serves NMI's routes on `listener` until the task is dropped. Accept errors (such as running
-/// out of file descriptors) are logged and retried; they never end the listener.
-pub async fn serve(listener: TcpListener, state: AppState) -> io::Result<()> {
-    let limits = state.config.limits.clone();
+/// Serves `router` (NMI's routes, [`crate::server::router`], with any layers) on `listener`
+/// until the task is dropped, within `limits`. Accept errors (such as running out of file
+/// descriptors) are logged and retried; they never end the listener.
+pub async fn serve(listener: TcpListener, router: axum::Router, limits: Limits) -> io::Result<()> {
     let slots = Arc::new(Mutex::new(ConnectionSlots::new(limits.max_connections, limits.max_connections_per_pod)));
-    let router = server::router(state);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,

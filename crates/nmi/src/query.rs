@@ -16,17 +16,17 @@ use crate::errors::NmiError;
 pub enum Route {
     /// The decoded path is not canonical (`//`, `/./`, `/../`): 301 to the cleaned path, as gorilla/mux does.
     Redirect(String),
-    /// `/{(?i)metadata}/identity/oauth2/token…`: the token handler. Carries the decoded path.
-    Token(String),
+    /// `/{(?i)metadata}/identity/oauth2/token…`: the token handler.
+    Token,
     /// Some other spelling of `identity…oauth2…token` (any case, any segments between), or a
     /// path that cannot be decoded to one unambiguous path: 400 `Invalid request`.
     InvalidRequest,
-    /// `/host/token…`: the legacy host endpoint. Carries the decoded path.
-    HostToken(String),
+    /// `/host/token…`: the legacy host endpoint.
+    HostToken,
     /// `/metadata/instance…` in any case while `--block-instance-metadata` is set: 403.
     InstanceBlocked,
-    /// Anything else goes to the real IMDS, with exactly this (decoded, canonical) path.
-    Proxy(String),
+    /// Anything else goes to the real IMDS, with exactly the decoded path it was routed on.
+    Proxy,
 }
 
 static INVALID_TOKEN_PATH: LazyLock<Regex> =
@@ -36,11 +36,18 @@ static INVALID_TOKEN_PATH: LazyLock<Regex> =
 /// rebuild a redirect target.
 ///
 /// Routing is on the decoded path, as the original's router (Go's `URL.Path`): an escaped
-/// spelling of the token path is the token path. The proxy forwards the very path routed on,
-/// so IMDS can never read a request differently from NMI.
+/// spelling of the token path is the token path. The proxy forwards the very path routed on
+/// ([`decode_path`]), so IMDS can never read a request differently from NMI.
 pub fn route(raw_path: &str, query: Option<&str>, block_instance_metadata: bool) -> Route {
-    let Some(path) = decode_path(raw_path) else { return Route::InvalidRequest };
-    let cleaned = clean_path(&path);
+    match decode_path(raw_path) {
+        Some(path) => route_decoded(&path, query, block_instance_metadata),
+        None => Route::InvalidRequest,
+    }
+}
+
+/// [`route`] for a path already decoded by [`decode_path`].
+pub fn route_decoded(path: &str, query: Option<&str>, block_instance_metadata: bool) -> Route {
+    let cleaned = clean_path(path);
     if cleaned != path {
         let target = match query {
             Some(q) if !q.is_empty() => format!("{cleaned}?{q}"),
@@ -52,16 +59,16 @@ pub fn route(raw_path: &str, query: Option<&str>, block_instance_metadata: bool)
         // Windows servers drop a segment's trailing dots: `metadata.` would be `metadata` there.
         return Route::InvalidRequest;
     }
-    if first_segment_prefix(&path, "/identity/oauth2/token") {
-        Route::Token(path)
-    } else if INVALID_TOKEN_PATH.is_match(&path) {
+    if first_segment_prefix(path, "/identity/oauth2/token") {
+        Route::Token
+    } else if INVALID_TOKEN_PATH.is_match(path) {
         Route::InvalidRequest
     } else if path.starts_with("/host/token") {
-        Route::HostToken(path)
-    } else if block_instance_metadata && ascii_prefix_ignoring_case(&path, "/metadata/instance") {
+        Route::HostToken
+    } else if block_instance_metadata && ascii_prefix_ignoring_case(path, "/metadata/instance") {
         Route::InstanceBlocked
     } else {
-        Route::Proxy(path)
+        Route::Proxy
     }
 }
 
@@ -257,38 +264,26 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    fn token(path: &str) -> Route {
-        Route::Token(path.to_owned())
-    }
-
-    fn proxy(path: &str) -> Route {
-        Route::Proxy(path.to_owned())
-    }
-
     #[rstest]
-    #[case::token("/metadata/identity/oauth2/token", false, token("/metadata/identity/oauth2/token"))]
-    #[case::token_slash("/metadata/identity/oauth2/token/", false, token("/metadata/identity/oauth2/token/"))]
-    #[case::first_segment_any_case("/MetaData/identity/oauth2/token", false, token("/MetaData/identity/oauth2/token"))]
-    #[case::longer_suffix(
-        "/metadata/identity/oauth2/token/extra",
-        false,
-        token("/metadata/identity/oauth2/token/extra")
-    )]
-    #[case::escaped("/metadata/identity/oauth2/%74oken", false, token("/metadata/identity/oauth2/token"))]
-    #[case::escaped_slashes("/metadata%2fidentity%2Foauth2%2ftoken", false, token("/metadata/identity/oauth2/token"))]
+    #[case::token("/metadata/identity/oauth2/token", false, Route::Token)]
+    #[case::token_slash("/metadata/identity/oauth2/token/", false, Route::Token)]
+    #[case::first_segment_any_case("/MetaData/identity/oauth2/token", false, Route::Token)]
+    #[case::longer_suffix("/metadata/identity/oauth2/token/extra", false, Route::Token)]
+    #[case::escaped("/metadata/identity/oauth2/%74oken", false, Route::Token)]
+    #[case::escaped_slashes("/metadata%2fidentity%2Foauth2%2ftoken", false, Route::Token)]
     #[case::capital_identity("/metadata/Identity/oauth2/token/", false, Route::InvalidRequest)]
     #[case::capital_token_escaped("/metadata/identity/oauth2/%54oken", false, Route::InvalidRequest)]
     #[case::backslash_separators("/metadata/identity\\oauth2\\token", false, Route::InvalidRequest)]
     #[case::extra_segments("/metadata/identity/x/oauth2/token", false, Route::InvalidRequest)]
-    #[case::host("/host/token", false, Route::HostToken("/host/token".into()))]
-    #[case::host_slash("/host/token/", false, Route::HostToken("/host/token/".into()))]
+    #[case::host("/host/token", false, Route::HostToken)]
+    #[case::host_slash("/host/token/", false, Route::HostToken)]
     #[case::instance_blocked("/Metadata/instance/", true, Route::InstanceBlocked)]
     #[case::instance_compute("/metadata/instance/compute", true, Route::InstanceBlocked)]
     #[case::instance_any_case("/metadata/INSTANCE", true, Route::InstanceBlocked)]
     #[case::instance_escaped("/metadata/%69nstance", true, Route::InstanceBlocked)]
-    #[case::instance_not_blocked("/metadata/%69nstance", false, proxy("/metadata/instance"))]
-    #[case::other("/doesnotexist", true, proxy("/doesnotexist"))]
-    #[case::root("/", false, proxy("/"))]
+    #[case::instance_not_blocked("/metadata/%69nstance", false, Route::Proxy)]
+    #[case::other("/doesnotexist", true, Route::Proxy)]
+    #[case::root("/", false, Route::Proxy)]
     fn routes_follow_the_original_order_on_the_decoded_path(
         #[case] path: &str,
         #[case] block: bool,
@@ -338,6 +333,15 @@ mod tests {
     #[case::three_dots("/metadata/.../instance")]
     fn segments_ending_in_a_dot_are_refused(#[case] path: &str) {
         assert_eq!(route(path, None, false), Route::InvalidRequest, "{path}");
+    }
+
+    #[rstest]
+    #[case::escaped("/metadata/identity/oauth2/%74oken", "/metadata/identity/oauth2/token")]
+    #[case::escaped_slashes("/metadata%2fidentity%2Foauth2%2ftoken", "/metadata/identity/oauth2/token")]
+    #[case::instance("/metadata/%69nstance", "/metadata/instance")]
+    #[case::plain("/Metadata/versions", "/Metadata/versions")]
+    fn the_decoded_path_is_the_one_routed_and_forwarded(#[case] raw: &str, #[case] decoded: &str) {
+        assert_eq!(decode_path(raw).as_deref(), Some(decoded));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::args::Args;
 use crate::iptables::{self, Rules};
 use crate::metrics::Metrics;
 use crate::select::RetryPolicy;
-use crate::server::{AppState, Config, Mode};
+use crate::server::{self, AppState, Config, Mode};
 use crate::store::{KubeSecrets, KubeStore};
 use crate::tokens::AzureTokens;
 
@@ -134,8 +134,10 @@ async fn spawn_listener(args: &Args, state: AppState, fatal: mpsc::Sender<anyhow
     let addr = SocketAddr::from((args.listen_address, args.nmi_port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "Listening");
+    let limits = state.config.limits.clone();
+    let router = server::router(state);
     tokio::spawn(async move {
-        if let Err(err) = crate::listener::serve(listener, state).await {
+        if let Err(err) = crate::listener::serve(listener, router, limits).await {
             let _ = fatal.send(anyhow::Error::new(err).context("NMI listener failed")).await;
         }
     });

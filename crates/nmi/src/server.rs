@@ -166,19 +166,21 @@ async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<
         Ok(permit) => permit,
         Err(err) => return err.into_response(),
     };
-    match query::route(req.uri().path(), req.uri().query(), state.config.block_instance_metadata) {
+    // Decoded once: the path routed on is the path measured and the path forwarded.
+    let Some(path) = query::decode_path(req.uri().path()) else { return NmiError::InvalidRequest.into_response() };
+    match query::route_decoded(&path, req.uri().query(), state.config.block_instance_metadata) {
         Route::Redirect(to) => redirect(&to),
-        Route::Token(path) => {
+        Route::Token => {
             let (parts, _) = req.into_parts();
             measured(&state, &path, parts.uri.query(), token(&state, peer, &parts)).await
         }
-        Route::HostToken(path) => {
+        Route::HostToken => {
             let (parts, _) = req.into_parts();
             measured(&state, &path, parts.uri.query(), host_token(&state, peer, &parts)).await
         }
         Route::InvalidRequest => NmiError::InvalidRequest.into_response(),
         Route::InstanceBlocked => NmiError::InstanceBlocked.into_response(),
-        Route::Proxy(path) => proxy(&state, &path, req).await.unwrap_or_else(IntoResponse::into_response),
+        Route::Proxy => proxy(&state, &path, req).await.unwrap_or_else(IntoResponse::into_response),
     }
 }
 

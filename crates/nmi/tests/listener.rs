@@ -56,7 +56,8 @@ async fn start(limits: Limits) -> (SocketAddr, Arc<CountingTokens>) {
     let state = AppState::new(config, node, tokens.clone(), Metrics::new().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(aadpodid_nmi::listener::serve(listener, state));
+    let limits = state.config.limits.clone();
+    tokio::spawn(aadpodid_nmi::listener::serve(listener, aadpodid_nmi::server::router(state), limits));
     (addr, tokens)
 }
 

@@ -90,7 +90,8 @@ async fn start_nmi(sim: &RunningSim, node: &Node, table: Arc<FixedNode>, imds_ur
     let listener = node.ns.bind(SocketAddr::from(([127, 0, 0, 1], NMI_PORT))).expect("bind NMI in node");
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    tokio::spawn(aadpodid_nmi::listener::serve(listener, state));
+    let limits = state.config.limits.clone();
+    tokio::spawn(aadpodid_nmi::listener::serve(listener, aadpodid_nmi::server::router(state), limits));
     rules().ensure(&Iptables::in_netns(node.ns.name())).await.expect("rules install");
 }
 
