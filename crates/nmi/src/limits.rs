@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 /// against a VM's real IMDS (which allows 20 token requests a second for the whole VM).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// From a request's first byte to the end of its head.
+    /// From a connection's start (or, kept alive, its next request's first byte) to the end
+    /// of the request's head.
     pub header_read_timeout: Duration,
     /// How long a kept-alive connection may wait for its next request.
     pub idle_timeout: Duration,
