@@ -636,3 +636,23 @@ async fn a_pod_over_its_rate_gets_429_and_another_pod_is_served() {
     assert!(!body.contains("token-for"));
     assert_eq!(h.call("10.244.1.6", get_req(TOKEN_URI, true)).await.0, StatusCode::OK, "its own budget");
 }
+
+#[tokio::test]
+async fn imds_redirects_go_back_to_the_caller_unfollowed() {
+    let (elsewhere, seen_elsewhere, other) = fake_imds().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let location = format!("http://{elsewhere}/metadata/identity/oauth2/token?resource=r");
+    let app = Router::new().fallback(move || {
+        let location = location.clone();
+        async move { (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]) }
+    });
+    let redirecting = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let h = harness(proxied_to(&addr, fast_config()));
+    let (status, headers, _) = h.get("/metadata/versions").await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert!(headers[header::LOCATION].to_str().unwrap().starts_with(&format!("http://{elsewhere}/")));
+    assert!(seen_elsewhere.lock().unwrap().is_empty(), "NMI never follows IMDS's redirects");
+    redirecting.abort();
+    other.abort();
+}
