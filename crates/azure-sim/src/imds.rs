@@ -2,11 +2,18 @@
 //! `/metadata/instance` and `/metadata/versions`, with IMDS's checks and error texts. A token is issued
 //! only for an identity whose attachment to the node's VM/VMSS has completed in ARM.
 //!
-//! Parsing (`parse_token_query`) and selection (`select_identity`) are pure; the handler is the shell.
+//! Paths are read leniently, as a Windows HTTP server would, before routing ([`normalise_path`]):
+//! escapes (including `%uXXXX`) decoded, `\` taken as `/`, dot segments, empty segments and
+//! segments' trailing dots dropped, case ignored. A proxy in front of IMDS that routes on any other
+//! reading is caught by this one.
+//!
+//! Parsing (`parse_token_query`, `normalise_path`) and selection (`select_identity`) are pure; the
+//! handler is the shell.
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -56,17 +63,87 @@ struct ImdsCtx {
     node: NodeRef,
 }
 
-/// The IMDS router for one node.
+/// The IMDS router for one node: every path is normalised, then routed.
 pub(crate) fn router(sim: Simulator, node: NodeRef) -> Router {
     let ctx = ImdsCtx { sim, node };
-    Router::new()
+    let routes = Router::new()
         .route("/metadata/identity/oauth2/token", axum::routing::any(token))
         .route("/metadata/identity/oauth2/token/", axum::routing::any(token))
         .route("/metadata/instance", axum::routing::get(instance))
         .route("/metadata/instance/", axum::routing::get(instance))
         .route("/metadata/versions", axum::routing::get(versions))
         .fallback(|| async { ImdsError::not_found().into_response() })
-        .with_state(ctx)
+        .with_state(ctx);
+    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(normalised))
+}
+
+/// Rewrites the request's path to its [`normalise_path`] form before the routes see it.
+async fn normalised(mut req: Request, next: Next) -> Response {
+    let path = match normalise_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    match target.parse::<axum::http::Uri>() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return ImdsError::BadRequest("Bad request. Malformed URI".into()).into_response(),
+    }
+    next.run(req).await
+}
+
+/// A request path read leniently: escapes decoded once (`%XX` and `%uXXXX`), `\` as `/`, empty
+/// and `.` segments dropped, `..` applied, trailing dots of a segment dropped, lower case; a
+/// trailing `/` kept. Invalid escapes, invalid UTF-8 and control characters are a 400.
+pub fn normalise_path(raw: &str) -> Result<String, ImdsError> {
+    let bad = || ImdsError::BadRequest("Bad request. Malformed URI".into());
+    let decoded = decode_escapes(raw).ok_or_else(bad)?;
+    if decoded.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    let slashed = decoded.replace('\\', "/");
+    let mut segments: Vec<String> = Vec::new();
+    for seg in slashed.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => match s.trim_end_matches('.') {
+                "" => {}
+                kept => segments.push(kept.to_lowercase()),
+            },
+        }
+    }
+    let mut out = format!("/{}", segments.join("/"));
+    if slashed.ends_with('/') && out != "/" {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// `%XX` and IIS's `%uXXXX` decoded; `None` for a malformed escape or invalid UTF-8.
+fn decode_escapes(raw: &str) -> Option<String> {
+    let hex = |s: &[u8]| std::str::from_utf8(s).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
+    let b = raw.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1).is_some_and(|c| c.eq_ignore_ascii_case(&b'u')) {
+            let c = char::from_u32(hex(b.get(i + 2..i + 6)?)?)?;
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            i += 6;
+        } else {
+            out.push(u8::try_from(hex(b.get(i + 1..i + 3)?)?).ok()?);
+            i += 3;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// An IMDS error answer.
@@ -442,6 +519,27 @@ mod tests {
         assert!(parse_token_query(Some("api-version=2018-02-01&resource=r&client_id=a&object_id=b"), &h).is_err());
         let q = parse_token_query(Some("api-version=2018-02-01&resource=r&mi_res_id=X"), &h).unwrap();
         assert_eq!(q.selector, Selector::ResourceId("X".into()));
+    }
+
+    #[test]
+    fn paths_are_read_leniently_as_a_windows_server_would() {
+        for (raw, expected) in [
+            ("/metadata/identity/oauth2/token", "/metadata/identity/oauth2/token"),
+            ("/metadata/identity/oauth2/%74oken", "/metadata/identity/oauth2/token"),
+            ("/metadata/identity/oauth2/%u0074oken", "/metadata/identity/oauth2/token"),
+            ("/metadata%2Fidentity%2foauth2%2Ftoken/", "/metadata/identity/oauth2/token/"),
+            ("/metadata\\identity\\oauth2\\token", "/metadata/identity/oauth2/token"),
+            ("/METADATA/Identity/OAuth2/Token", "/metadata/identity/oauth2/token"),
+            ("/metadata./identity/oauth2/token", "/metadata/identity/oauth2/token"),
+            ("//metadata/x/../instance/./", "/metadata/instance/"),
+            ("/metadata/%2e%2e/metadata/instance", "/metadata/instance"),
+            ("/", "/"),
+        ] {
+            assert_eq!(normalise_path(raw).as_deref(), Ok(expected), "{raw}");
+        }
+        for raw in ["/metadata/%zz", "/metadata/%4", "/metadata/%FF", "/metadata/%00", "/metadata/%u00"] {
+            assert!(normalise_path(raw).is_err(), "{raw}");
+        }
     }
 
     #[test]

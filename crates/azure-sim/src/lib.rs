@@ -85,7 +85,9 @@
 //! "Identity not found"}`; several user-assigned and no selector and no system-assigned → 400 with IMDS's
 //! "Multiple user assigned identities exist..." text. Success: all-string JSON `access_token, client_id,
 //! expires_in, expires_on, ext_expires_in, not_before, resource, token_type`. Also `/metadata/instance`
-//! (compute block) and `/metadata/versions`; other paths 404. Operation names: `imds_token`, `instance`,
+//! (compute block) and `/metadata/versions`; other paths 404. Paths are read leniently before routing, as
+//! a Windows HTTP server would (escapes and `%uXXXX` decoded, `\` as `/`, dot segments and trailing dots
+//! dropped, any case), so `/metadata/identity/oauth2/%74oken` is the token endpoint. Operation names: `imds_token`, `instance`,
 //! `versions`; fault targets are node names (VM name or `<vmss>_<instance>`).
 //!
 //! ## Faults and counters

@@ -183,3 +183,27 @@ async fn a_headerless_probe_is_answered_at_once_and_never_says_identity_not_foun
     assert_eq!(r.status(), 400);
     assert!(r.json::<Value>().await.unwrap()["newest-versions"].is_array());
 }
+
+#[tokio::test]
+async fn escaped_and_other_case_spellings_of_the_token_path_reach_the_token_endpoint() {
+    let sim = start().await;
+    sim.create_vm(RG, "vm1");
+    let id = sim.create_user_assigned_identity("id-rg", "reader");
+    attach(&sim, "vm1", &[&id.id], false).await;
+    let imds = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
+    let http = client();
+    for path in
+        ["/metadata/identity/oauth2/%74oken", "/METADATA/Identity/oauth2%2Ftoken/", "/metadata./identity/oauth2/token"]
+    {
+        let r = http
+            .get(format!("{}{path}?api-version=2018-02-01&resource=r&client_id={}", imds.url(), id.client_id))
+            .header("Metadata", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.json::<Value>().await.unwrap()["access_token"].is_string(), "{path}");
+    }
+    let r = http.get(format!("{}/metadata/%zz", imds.url())).header("Metadata", "true").send().await.unwrap();
+    assert_eq!(r.status(), 400, "a malformed escape");
+}

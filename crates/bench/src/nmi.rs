@@ -117,6 +117,11 @@ struct Results {
     original_unavailable: Option<String>,
 }
 
+/// Our NMI's request limits, lifted for the benchmark: the load comes from one or two pods far
+/// above a real pod's rate (per-pod limit), and the simulator's IMDS has no 20-per-second limit
+/// for the node budget to respect (the original has neither limit).
+const OURS_UNLIMITED: &[&str] = &["--pod-requests-per-second=0", "--imds-max-per-second=1000000"];
+
 /// Runs the NMI benchmark: ours, the original and the floor server, alternating, `config.runs`
 /// times, on one node with the size's pods.
 pub async fn run(config: &Config) -> anyhow::Result<Section> {
@@ -134,13 +139,14 @@ pub async fn run(config: &Config) -> anyhow::Result<Section> {
             match which {
                 Which::Ours => {
                     let binary = config.ours.join("nmi");
-                    let (phases, body) = measure_nmi(&env, &binary, &format!("ours-{run}"), &sizes).await?;
+                    let tag = format!("ours-{run}");
+                    let (phases, body) = measure_nmi(&env, &binary, &tag, OURS_UNLIMITED, &sizes).await?;
                     floor_body.get_or_insert(body);
                     results.ours.push(phases);
                 }
                 Which::Original => {
                     let (Some(dir), None) = (&config.original, &results.original_unavailable) else { continue };
-                    match measure_nmi(&env, &dir.join("nmi"), &format!("original-{run}"), &sizes).await {
+                    match measure_nmi(&env, &dir.join("nmi"), &format!("original-{run}"), &[], &sizes).await {
                         Ok((phases, _)) => results.original.push(phases),
                         Err(e) => results.original_unavailable = Some(format!("{e:#}")),
                     }
@@ -157,8 +163,14 @@ pub async fn run(config: &Config) -> anyhow::Result<Section> {
 
 /// Starts an NMI, checks it serves a token, measures every phase and kills it. Returns the
 /// phases and the body of its check answer (a real token answer, which the floor then serves).
-async fn measure_nmi(env: &Env, binary: &std::path::Path, tag: &str, sizes: &Sizes) -> anyhow::Result<(Phases, Bytes)> {
-    let nmi = env.start_nmi(binary, tag).await?;
+async fn measure_nmi(
+    env: &Env,
+    binary: &std::path::Path,
+    tag: &str,
+    extra_args: &[&str],
+    sizes: &Sizes,
+) -> anyhow::Result<(Phases, Bytes)> {
+    let nmi = env.start_nmi(binary, tag, extra_args).await?;
     let idle_rss_mib = procstat::read(nmi.pid).map_or(f64::NAN, |u| u.rss as f64 / (1024.0 * 1024.0));
     let result = async {
         let (status, body) = load::get_once(env.one.clone(), token_path(CHECK_RESOURCE, None)).await?;
@@ -454,7 +466,9 @@ fn setup(sizes: &Sizes) -> String {
          `Metadata: true`, DNATed in the node's `nat PREROUTING` (chain `aad-metadata`, `! -s 127.0.0.1/32 -d \
          169.254.169.254/32 --dport 80 -j DNAT --to-destination 127.0.0.1:2579`) to NMI; each NMI installs that \
          rule itself, for the floor this benchmark installs the same rule. Both NMIs run in standard mode with \
-         default flags (plus `--node`, `--allow-network-plugin-kubenet`, `--http-probe-port`), KUBECONFIG \
+         default flags (plus `--node`, `--allow-network-plugin-kubenet`, `--http-probe-port`; ours also with \
+         `--pod-requests-per-second=0 --imds-max-per-second=1000000`, since two pods send all the load and the \
+         simulator's IMDS has no per-second limit, and the original has neither limit), KUBECONFIG \
          through a relay into the node, and fetch tokens from the node's IMDS. The floor is a minimal hyper \
          HTTP/1.1 server (2 worker threads, in this process) answering every request with our NMI's token answer. \
          One load generator (Rust, hyper HTTP/1.1, keep-alive connections, nodelay) drives all three; ours, the \

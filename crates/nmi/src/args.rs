@@ -6,27 +6,12 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::{Limits, Rate};
+
 /// The iptables check period: at least a second (zero cannot be ticked), at most a day.
 const IPT_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86400));
 /// The longest pause between identity lookups, and the longest wait at termination.
 const MAX_PAUSE: Duration = Duration::from_secs(300);
-
-impl Args {
-    /// `--ipt-update-interval-sec`, within one second and one day.
-    pub fn ipt_update_period(&self) -> Duration {
-        Duration::from_secs(self.ipt_update_interval_sec).clamp(IPT_PERIOD.0, IPT_PERIOD.1)
-    }
-
-    /// `--find-identity-retry-interval` (zero is allowed: retry at once), at most five minutes.
-    pub fn find_identity_retry_pause(&self) -> Duration {
-        Duration::from_secs(self.find_identity_retry_interval).min(MAX_PAUSE)
-    }
-
-    /// `--termination-wait-sec`, at most five minutes.
-    pub fn termination_wait(&self) -> Duration {
-        Duration::from_secs(self.termination_wait_sec).min(MAX_PAUSE)
-    }
-}
 
 /// Flags of the `nmi` binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -166,21 +151,63 @@ pub struct Args {
     /// the original.
     #[arg(long = "imds-queue-wait-ms", default_value_t = 1000)]
     pub imds_queue_wait_ms: u64,
+    // Bounds on the listener (not in the original, which has none). The defaults never limit an
+    // SDK that works against a VM's real IMDS.
+    /// Seconds a request head may take to arrive, from the connection's start (or the request's
+    /// first byte on a kept-alive connection); a slower client is disconnected. SDKs send a head
+    /// in one write.
+    #[arg(long = "header-read-timeout-sec", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_sec: u64,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed; longer
+    /// than the SDKs' own idle pool timeouts (60–90 s), so clients close first.
+    #[arg(long = "idle-timeout-sec", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_sec: u64,
+    /// Open connections on this node; more are closed at once.
+    #[arg(long = "max-connections", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Open connections from one pod (source address); more are closed at once, and the pod's
+    /// other connections and every other pod are unaffected.
+    #[arg(long = "max-connections-per-pod", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_pod: u32,
+    /// Requests being answered at once on this node (a request may wait up to the identity
+    /// assignment wait); more get 503 with `Retry-After: 1`, which SDKs retry.
+    #[arg(long = "max-requests-in-flight", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_in_flight: u32,
+    /// Requests per second one pod (source address) may sustain; more get 429 with
+    /// `Retry-After`, which SDKs retry. 0 disables the limit. Real IMDS allows a whole VM 20.
+    #[arg(long = "pod-requests-per-second", default_value_t = 100)]
+    pub pod_requests_per_second: u32,
+    /// Requests one pod may send at once above its rate (a start-up burst of probes and tokens).
+    #[arg(long = "pod-request-burst", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pod_request_burst: u32,
+    /// Largest request body forwarded to IMDS, in bytes; larger ones get 413. IMDS requests have
+    /// none or a small JSON one.
+    #[arg(long = "max-request-body-bytes", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_body_bytes: u32,
+    /// Seconds the proxy waits for IMDS's whole answer to a forwarded request (and for the
+    /// request's body); then 500, as for an unreachable IMDS.
+    #[arg(long = "imds-proxy-timeout-sec", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub imds_proxy_timeout_sec: u64,
     #[command(flatten)]
     pub klog: aadpodid_runtime::goflags::KlogArgs,
 }
 
-/// Refuses `default`: every pod of a namespace may run as it, so it would not tell MIC apart.
-fn mic_service_account(value: &str) -> Result<String, String> {
-    if value == "default" {
-        return Err("every pod may run as `default`; give MIC its own service account, or except it with an \
-                    AzurePodIdentityException"
-            .to_owned());
-    }
-    Ok(value.to_owned())
-}
-
 impl Args {
+    /// `--ipt-update-interval-sec`, within one second and one day.
+    pub fn ipt_update_period(&self) -> Duration {
+        Duration::from_secs(self.ipt_update_interval_sec).clamp(IPT_PERIOD.0, IPT_PERIOD.1)
+    }
+
+    /// `--find-identity-retry-interval` (zero is allowed: retry at once), at most five minutes.
+    pub fn find_identity_retry_pause(&self) -> Duration {
+        Duration::from_secs(self.find_identity_retry_interval).min(MAX_PAUSE)
+    }
+
+    /// `--termination-wait-sec`, at most five minutes.
+    pub fn termination_wait(&self) -> Duration {
+        Duration::from_secs(self.termination_wait_sec).min(MAX_PAUSE)
+    }
+
     /// The token source's settings: credential policy and cache bounds (the policy's flags are
     /// checked here, at start-up).
     pub fn token_settings(&self) -> Result<crate::tokens::TokenSettings, String> {
@@ -199,9 +226,34 @@ impl Args {
         aadpodid_azure::token::ImdsLimits {
             max_concurrent: self.imds_max_concurrent,
             max_per_second: self.imds_max_per_second,
-            max_wait: std::time::Duration::from_millis(self.imds_queue_wait_ms),
+            max_wait: Duration::from_millis(self.imds_queue_wait_ms),
         }
     }
+
+    /// The listener's and the request path's bounds.
+    pub fn limits(&self) -> Limits {
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_sec),
+            idle_timeout: Duration::from_secs(self.idle_timeout_sec),
+            max_connections: count(self.max_connections),
+            max_connections_per_pod: count(self.max_connections_per_pod),
+            max_requests_in_flight: count(self.max_requests_in_flight),
+            pod_rate: Rate { per_second: self.pod_requests_per_second, burst: self.pod_request_burst },
+            max_body_bytes: count(self.max_request_body_bytes),
+            proxy_timeout: Duration::from_secs(self.imds_proxy_timeout_sec),
+        }
+    }
+}
+
+/// Refuses `default`: every pod of a namespace may run as it, so it would not tell MIC apart.
+fn mic_service_account(value: &str) -> Result<String, String> {
+    if value == "default" {
+        return Err("every pod may run as `default`; give MIC its own service account, or except it with an \
+                    AzurePodIdentityException"
+            .to_owned());
+    }
+    Ok(value.to_owned())
 }
 
 #[cfg(test)]
@@ -308,6 +360,30 @@ mod tests {
         ]);
         assert_eq!(a.allowed_secret_namespaces, ["shared", "infra"]);
         assert_eq!(a.allowed_ad_endpoints, ["https://adfs.local/", "https://127.0.0.1:4444/"]);
+    }
+
+    #[test]
+    fn limit_flags_default_to_the_documented_limits_and_can_be_set() {
+        assert_eq!(parse(&["nmi"]).limits(), Limits::default());
+        let a = parse(&[
+            "nmi",
+            "--header-read-timeout-sec=3",
+            "--idle-timeout-sec=7",
+            "--max-connections=10",
+            "--max-connections-per-pod=2",
+            "--max-requests-in-flight=5",
+            "--pod-requests-per-second=0",
+            "--pod-request-burst=4",
+            "--max-request-body-bytes=100",
+            "--imds-proxy-timeout-sec=9",
+        ]);
+        let l = a.limits();
+        assert_eq!((l.header_read_timeout, l.idle_timeout), (Duration::from_secs(3), Duration::from_secs(7)));
+        assert_eq!((l.max_connections, l.max_connections_per_pod, l.max_requests_in_flight), (10, 2, 5));
+        assert_eq!(l.pod_rate, Rate { per_second: 0, burst: 4 });
+        assert_eq!((l.max_body_bytes, l.proxy_timeout), (100, Duration::from_secs(9)));
+        let zero = Args::try_parse_from(["nmi", "--max-connections-per-pod=0"]).unwrap_err();
+        assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

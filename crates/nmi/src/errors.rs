@@ -10,6 +10,10 @@ use http::{HeaderValue, StatusCode, header};
 pub const METADATA_HEADER_BODY: &str =
     "{\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"}\n";
 
+/// The JSON body of the forwarding-header rejection, in IMDS's error shape (never "Identity not
+/// found", which .NET's probe reads as "no identity").
+pub const FORWARDED_BODY: &str = "{\"error\":\"invalid_request\",\"error_description\":\"Request contains a forwarding header (X-Forwarded-For or Forwarded); requests through a proxy are refused\"}\n";
+
 /// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NmiError {
@@ -48,15 +52,36 @@ pub enum NmiError {
     /// This node's IMDS budget is spent (ours; IMDS itself answers 429 past its limits).
     #[error("{message}")]
     Throttled { message: String, retry_after_secs: u64 },
+    /// `X-Forwarded-For` or `Forwarded` present: IMDS refuses relayed requests.
+    #[error("Request contains a forwarding header (X-Forwarded-For or Forwarded)")]
+    Forwarded,
+    /// The caller (pod) went over its request rate; it may retry after this many seconds.
+    #[error("Too many requests from this pod")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// Too many requests in flight on the node; retry after a second.
+    #[error("NMI is busy")]
+    Overloaded,
+    /// A request body larger than the proxy accepts.
+    #[error("Request body too large")]
+    BodyTooLarge,
+    /// A request body that did not arrive in time.
+    #[error("Request body not received in time")]
+    BodyTimeout,
 }
 
 impl NmiError {
     /// The status the original answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MetadataHeaderRequired | Self::ResourceEmpty | Self::HostHeadersMissing | Self::InvalidRequest => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MetadataHeaderRequired
+            | Self::ResourceEmpty
+            | Self::HostHeadersMissing
+            | Self::InvalidRequest
+            | Self::Forwarded => StatusCode::BAD_REQUEST,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InstanceBlocked | Self::TokenRefused(_) | Self::BypassFailed(_) => StatusCode::FORBIDDEN,
             Self::IdentityNotFound { retry_after: false, .. } => StatusCode::NOT_FOUND,
             Self::IdentityNotFound { retry_after: true, .. } | Self::TokenUnavailable(_) => {
@@ -74,22 +99,18 @@ impl IntoResponse for NmiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match self {
-            Self::MetadataHeaderRequired => {
-                let mut res = (status, METADATA_HEADER_BODY).into_response();
-                res.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-                res
-            }
+            Self::MetadataHeaderRequired => json_error(status, METADATA_HEADER_BODY),
+            Self::Forwarded => json_error(status, FORWARDED_BODY),
             Self::IdentityNotFound { retry_after: true, .. } => {
-                let mut res = text_error(status, &self.to_string());
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("20"));
-                res
+                with_retry_after(text_error(status, &self.to_string()), HeaderValue::from_static("20"))
             }
             Self::Throttled { retry_after_secs, .. } => {
-                let mut res = text_error(status, &self.to_string());
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-                res
+                with_retry_after(text_error(status, &self.to_string()), HeaderValue::from(retry_after_secs.max(1)))
             }
+            Self::TooManyRequests { retry_after_secs } => {
+                with_retry_after(text_error(status, &self.to_string()), HeaderValue::from(retry_after_secs.max(1)))
+            }
+            Self::Overloaded => with_retry_after(text_error(status, &self.to_string()), HeaderValue::from_static("1")),
             Self::RemoteAddressEmpty
             | Self::NotFromHost
             | Self::ResourceEmpty
@@ -101,9 +122,22 @@ impl IntoResponse for NmiError {
             | Self::TokenRefused(_)
             | Self::TokenUnavailable(_)
             | Self::BypassFailed(_)
-            | Self::Proxy(_) => text_error(status, &self.to_string()),
+            | Self::Proxy(_)
+            | Self::BodyTooLarge
+            | Self::BodyTimeout => text_error(status, &self.to_string()),
         }
     }
+}
+
+fn json_error(status: StatusCode, body: &'static str) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    res
+}
+
+fn with_retry_after(mut res: Response, seconds: HeaderValue) -> Response {
+    res.headers_mut().insert(header::RETRY_AFTER, seconds);
+    res
 }
 
 /// Go's `http.Error`: plain text, `nosniff`, message plus a newline.
@@ -148,6 +182,8 @@ mod tests {
     #[case(NmiError::TokenUnavailable("down".into()), 503, "down")]
     #[case(NmiError::BypassFailed("x".into()), 403, "x")]
     #[case(NmiError::Proxy("x".into()), 500, "x")]
+    #[case(NmiError::BodyTooLarge, 413, "Request body too large")]
+    #[case(NmiError::BodyTimeout, 408, "Request body not received in time")]
     fn text_errors_have_the_original_status_and_text(#[case] err: NmiError, #[case] status: u16, #[case] text: &str) {
         assert_eq!(err.to_string(), text);
         let (got, headers) = parts(err);
@@ -170,5 +206,25 @@ mod tests {
         let (status, headers) = parts(NmiError::IdentityNotFound { message: "m".into(), retry_after: true });
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(headers[header::RETRY_AFTER], "20");
+    }
+
+    #[test]
+    fn forwarded_requests_get_an_imds_shaped_json_400() {
+        let (status, headers) = parts(NmiError::Forwarded);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json; charset=utf-8");
+        let v: serde_json::Value = serde_json::from_str(FORWARDED_BODY).unwrap();
+        assert_eq!(v["error"], "invalid_request");
+        assert!(!FORWARDED_BODY.contains("Identity not found"));
+    }
+
+    #[rstest]
+    #[case(NmiError::TooManyRequests { retry_after_secs: 3 }, 429, "3")]
+    #[case(NmiError::TooManyRequests { retry_after_secs: 0 }, 429, "1")]
+    #[case(NmiError::Overloaded, 503, "1")]
+    fn limits_answer_with_retry_after(#[case] err: NmiError, #[case] status: u16, #[case] retry_after: &str) {
+        let (got, headers) = parts(err);
+        assert_eq!(got.as_u16(), status);
+        assert_eq!(headers[header::RETRY_AFTER], retry_after);
     }
 }

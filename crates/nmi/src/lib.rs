@@ -6,7 +6,8 @@
 //!             ├─ store (kube reflectors) ──► NodeState ──┐
 //!             ├─ tokens (IMDS / Azure AD + cache) ──────┴─► server (axum; no kube)
 //!             ├─ gate (503 until the caches sync) ──────────► in front of server
-//!             └─ probes, metrics                               query, select, errors: pure
+//!             ├─ listener (connection caps, timeouts) ────► server
+//!             └─ probes, metrics                               query, select, limits, errors: pure
 //! ```
 
 pub mod args;
@@ -14,6 +15,8 @@ pub mod cache;
 pub mod errors;
 pub mod gate;
 pub mod iptables;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod query;

@@ -11,28 +11,42 @@ use regex::Regex;
 
 use crate::errors::NmiError;
 
-/// Which handler serves a path, in the original's route order (upstream §3.4).
+/// Which handler serves a path, in the original's route order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// The path is not canonical (`//`, `/./`, `/../`): 301 to the cleaned path, as gorilla/mux does.
+    /// The decoded path is not canonical (`//`, `/./`, `/../`): 301 to the cleaned path, as gorilla/mux does.
     Redirect(String),
     /// `/{(?i)metadata}/identity/oauth2/token…`: the token handler.
     Token,
-    /// Some other spelling of `identity…oauth2…token`: 400 `Invalid request`.
+    /// Some other spelling of `identity…oauth2…token` (any case, any segments between), or a
+    /// path that cannot be decoded to one unambiguous path: 400 `Invalid request`.
     InvalidRequest,
     /// `/host/token…`: the legacy host endpoint.
     HostToken,
-    /// `/{(?i)metadata}/instance…` while `--block-instance-metadata` is set: 403.
+    /// `/metadata/instance…` in any case while `--block-instance-metadata` is set: 403.
     InstanceBlocked,
-    /// Anything else goes to the real IMDS.
+    /// Anything else goes to the real IMDS, with exactly the decoded path it was routed on.
     Proxy,
 }
 
 static INVALID_TOKEN_PATH: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"/(?i:metadata)/identity(.*?)oauth2(.*?)token").expect("constant pattern compiles"));
+    LazyLock::new(|| Regex::new(r"(?i)/metadata/identity(.*?)oauth2(.*?)token").expect("constant pattern compiles"));
 
-/// Classifies a request path. `query` is only used to rebuild a redirect target.
-pub fn route(path: &str, query: Option<&str>, block_instance_metadata: bool) -> Route {
+/// Classifies a request path as it arrives (still percent-encoded). `query` is only used to
+/// rebuild a redirect target.
+///
+/// Routing is on the decoded path, as the original's router (Go's `URL.Path`): an escaped
+/// spelling of the token path is the token path. The proxy forwards the very path routed on
+/// ([`decode_path`]), so IMDS can never read a request differently from NMI.
+pub fn route(raw_path: &str, query: Option<&str>, block_instance_metadata: bool) -> Route {
+    match decode_path(raw_path) {
+        Some(path) => route_decoded(&path, query, block_instance_metadata),
+        None => Route::InvalidRequest,
+    }
+}
+
+/// [`route`] for a path already decoded by [`decode_path`].
+pub fn route_decoded(path: &str, query: Option<&str>, block_instance_metadata: bool) -> Route {
     let cleaned = clean_path(path);
     if cleaned != path {
         let target = match query {
@@ -41,17 +55,58 @@ pub fn route(path: &str, query: Option<&str>, block_instance_metadata: bool) -> 
         };
         return Route::Redirect(target);
     }
+    if path.split('/').any(|segment| segment.ends_with('.')) {
+        // Windows servers drop a segment's trailing dots: `metadata.` would be `metadata` there.
+        return Route::InvalidRequest;
+    }
     if first_segment_prefix(path, "/identity/oauth2/token") {
         Route::Token
     } else if INVALID_TOKEN_PATH.is_match(path) {
         Route::InvalidRequest
     } else if path.starts_with("/host/token") {
         Route::HostToken
-    } else if block_instance_metadata && first_segment_prefix(path, "/instance") {
+    } else if block_instance_metadata && ascii_prefix_ignoring_case(path, "/metadata/instance") {
         Route::InstanceBlocked
     } else {
         Route::Proxy
     }
+}
+
+/// The path with its escapes decoded once, if it is one a server could read in only one way:
+/// it starts with `/`, every `%` starts a two-digit hex escape, and the decoded path holds only
+/// letters, digits, `-`, `.`, `_`, `~` and `/`. Everything else is refused: backslashes and
+/// `;` (read as separators or parameters by some servers), a `%` left after decoding (a double
+/// escape), NUL and other controls, non-ASCII and invalid UTF-8 (overlong forms), `%u` escapes.
+/// IMDS paths never need any of these. Such a path decodes to its own canonical encoding,
+/// which is why the proxy can forward it as it is.
+pub fn decode_path(raw: &str) -> Option<String> {
+    if !raw.starts_with('/') {
+        return None;
+    }
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let decoded = if b == b'%' {
+            let escape = (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex));
+            let (Some(high), Some(low)) = escape else { return None };
+            i += 3;
+            high << 4 | low
+        } else {
+            i += 1;
+            b
+        };
+        if !is_plain_path_byte(decoded) {
+            return None;
+        }
+        out.push(char::from(decoded));
+    }
+    Some(out)
+}
+
+/// Unreserved characters (RFC 3986) and `/`: the only bytes a decoded path may hold.
+fn is_plain_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/')
 }
 
 /// `/{(?i)metadata}<rest>` as a prefix: only the first segment ignores case.
@@ -59,6 +114,10 @@ fn first_segment_prefix(path: &str, rest: &str) -> bool {
     let Some(tail) = path.strip_prefix('/') else { return false };
     tail.get(..8).is_some_and(|seg| seg.eq_ignore_ascii_case("metadata"))
         && tail.get(8..).is_some_and(|after| after.starts_with(rest))
+}
+
+fn ascii_prefix_ignoring_case(path: &str, prefix: &str) -> bool {
+    path.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// Go's `path.Clean` as gorilla/mux applies it: keeps a trailing slash, drops `//`, `.`, `..`.
@@ -81,6 +140,15 @@ pub fn clean_path(path: &str) -> String {
         out.push('/');
     }
     out
+}
+
+/// Headers saying the request was relayed by a proxy. IMDS refuses `X-Forwarded-For` (an
+/// application relaying requests for someone else must not reach it); `Forwarded` says the same.
+const FORWARDING_HEADERS: [&str; 2] = ["x-forwarded-for", "forwarded"];
+
+/// IMDS's proxy rule: a request carrying a forwarding header is refused, whatever its value.
+pub fn check_not_forwarded(headers: &HeaderMap) -> Result<(), NmiError> {
+    if FORWARDING_HEADERS.iter().any(|name| headers.contains_key(*name)) { Err(NmiError::Forwarded) } else { Ok(()) }
 }
 
 /// The `Metadata: true` rule: value exactly `true` (case-sensitive), header name any case.
@@ -201,17 +269,26 @@ mod tests {
     #[case::token_slash("/metadata/identity/oauth2/token/", false, Route::Token)]
     #[case::first_segment_any_case("/MetaData/identity/oauth2/token", false, Route::Token)]
     #[case::longer_suffix("/metadata/identity/oauth2/token/extra", false, Route::Token)]
-    #[case::capital_identity_is_proxied("/metadata/Identity/oauth2/token/", false, Route::Proxy)]
+    #[case::escaped("/metadata/identity/oauth2/%74oken", false, Route::Token)]
+    #[case::escaped_slashes("/metadata%2fidentity%2Foauth2%2ftoken", false, Route::Token)]
+    #[case::capital_identity("/metadata/Identity/oauth2/token/", false, Route::InvalidRequest)]
+    #[case::capital_token_escaped("/metadata/identity/oauth2/%54oken", false, Route::InvalidRequest)]
     #[case::backslash_separators("/metadata/identity\\oauth2\\token", false, Route::InvalidRequest)]
     #[case::extra_segments("/metadata/identity/x/oauth2/token", false, Route::InvalidRequest)]
     #[case::host("/host/token", false, Route::HostToken)]
     #[case::host_slash("/host/token/", false, Route::HostToken)]
     #[case::instance_blocked("/Metadata/instance/", true, Route::InstanceBlocked)]
     #[case::instance_compute("/metadata/instance/compute", true, Route::InstanceBlocked)]
-    #[case::instance_not_blocked("/metadata/instance", false, Route::Proxy)]
+    #[case::instance_any_case("/metadata/INSTANCE", true, Route::InstanceBlocked)]
+    #[case::instance_escaped("/metadata/%69nstance", true, Route::InstanceBlocked)]
+    #[case::instance_not_blocked("/metadata/%69nstance", false, Route::Proxy)]
     #[case::other("/doesnotexist", true, Route::Proxy)]
     #[case::root("/", false, Route::Proxy)]
-    fn routes_follow_the_original_order(#[case] path: &str, #[case] block: bool, #[case] expected: Route) {
+    fn routes_follow_the_original_order_on_the_decoded_path(
+        #[case] path: &str,
+        #[case] block: bool,
+        #[case] expected: Route,
+    ) {
         assert_eq!(route(path, None, block), expected, "{path}");
     }
 
@@ -219,8 +296,72 @@ mod tests {
     #[case::double_slash("//metadata/instance", "/metadata/instance")]
     #[case::dot_dot("/metadata/identity/../instance", "/metadata/instance")]
     #[case::dot("/metadata/./instance/", "/metadata/instance/")]
+    #[case::escaped_dot_dot("/metadata/identity/%2E%2e/instance", "/metadata/instance")]
+    #[case::escaped_double_slash("/metadata%2F%2finstance", "/metadata/instance")]
     fn non_canonical_paths_redirect_to_the_cleaned_path(#[case] path: &str, #[case] cleaned: &str) {
         assert_eq!(route(path, Some("a=b"), true), Route::Redirect(format!("{cleaned}?a=b")));
+    }
+
+    #[rstest]
+    #[case::empty("")]
+    #[case::asterisk("*")]
+    #[case::authority("169.254.169.254:80")]
+    #[case::backslash("/metadata\\instance")]
+    #[case::escaped_backslash("/metadata%5Cinstance")]
+    #[case::semicolon("/metadata;a=b/instance")]
+    #[case::escaped_semicolon("/metadata%3Binstance")]
+    #[case::double_escape("/metadata%252Finstance")]
+    #[case::percent_u("/metadata/%u0069nstance")]
+    #[case::truncated("/metadata/instance%6")]
+    #[case::not_hex("/metadata/instance%g0")]
+    #[case::nul("/metadata/instance%00")]
+    #[case::newline("/metadata/instance%0A")]
+    #[case::space("/metadata/in%20stance")]
+    #[case::question_mark("/metadata/instance%3Fapi-version=1")]
+    #[case::invalid_utf8("/metadata/%FF")]
+    #[case::overlong_slash("/metadata%C0%AFinstance")]
+    #[case::raw_non_ascii("/metadata/instänce")]
+    fn ambiguous_paths_are_refused(#[case] path: &str) {
+        assert_eq!(decode_path(path), None, "{path}");
+        assert_eq!(route(path, None, false), Route::InvalidRequest, "{path}");
+    }
+
+    #[rstest]
+    #[case::first_segment("/metadata./identity/oauth2/token")]
+    #[case::escaped("/metadata%2E/identity/oauth2/token")]
+    #[case::last_segment("/metadata/instance.")]
+    #[case::three_dots("/metadata/.../instance")]
+    fn segments_ending_in_a_dot_are_refused(#[case] path: &str) {
+        assert_eq!(route(path, None, false), Route::InvalidRequest, "{path}");
+    }
+
+    #[rstest]
+    #[case::escaped("/metadata/identity/oauth2/%74oken", "/metadata/identity/oauth2/token")]
+    #[case::escaped_slashes("/metadata%2fidentity%2Foauth2%2ftoken", "/metadata/identity/oauth2/token")]
+    #[case::instance("/metadata/%69nstance", "/metadata/instance")]
+    #[case::plain("/Metadata/versions", "/Metadata/versions")]
+    fn the_decoded_path_is_the_one_routed_and_forwarded(#[case] raw: &str, #[case] decoded: &str) {
+        assert_eq!(decode_path(raw).as_deref(), Some(decoded));
+    }
+
+    #[test]
+    fn a_decoded_path_is_its_own_canonical_encoding() {
+        let decoded = decode_path("/%6d%65tadata/instance/compute%2FvmId").unwrap();
+        assert_eq!(decoded, "/metadata/instance/compute/vmId");
+        assert_eq!(decode_path(&decoded).as_deref(), Some(decoded.as_str()));
+    }
+
+    #[test]
+    fn forwarding_headers_are_refused_whatever_their_value() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", "a".parse().unwrap());
+        h.insert("x-forwarded-proto", "http".parse().unwrap());
+        assert_eq!(check_not_forwarded(&h), Ok(()));
+        for name in ["X-Forwarded-For", "forwarded"] {
+            let mut h = h.clone();
+            h.insert(name, "".parse().unwrap());
+            assert_eq!(check_not_forwarded(&h), Err(NmiError::Forwarded), "{name}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::args::Args;
 use crate::gate::{self, Gate, Readiness};
 use crate::iptables::{self, Iptables, Rules};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::select::{MicIdentity, RetryPolicy};
 use crate::server::{self, AppState, Config, Mode};
@@ -108,7 +109,7 @@ async fn start(
         metadata_header_required: args.metadata_header_required,
     };
     let router = server::router(state).layer(axum::middleware::from_fn_with_state(gate, gate::guard));
-    serve(listener, router, fatal_tx);
+    serve(listener, router, args.limits(), fatal_tx);
     Ok(())
 }
 
@@ -161,6 +162,7 @@ fn config(args: &Args, mode: Mode) -> Config {
         block_instance_metadata: args.block_instance_metadata,
         imds_base: format!("http://{}:{}", args.metadata_ip, args.metadata_port),
         imds_host: format!("{}:{}", args.metadata_ip, args.metadata_port),
+        limits: args.limits(),
         ..Config::default()
     }
 }
@@ -189,11 +191,11 @@ async fn bind(args: &Args) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Serves the NMI router in the background; a listener failure is fatal.
-fn serve(listener: TcpListener, router: axum::Router, fatal_tx: mpsc::Sender<anyhow::Error>) {
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+/// Serves the NMI router in the background, with the listener's bounds; a listener failure
+/// is fatal.
+fn serve(listener: TcpListener, router: axum::Router, limits: Limits, fatal_tx: mpsc::Sender<anyhow::Error>) {
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = crate::listener::serve(listener, router, limits).await {
             let _ = fatal_tx.send(anyhow::Error::new(err).context("NMI listener failed")).await;
         }
     });

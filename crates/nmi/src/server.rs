@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use aadpodid_api::AzurePodIdentityException;
@@ -17,9 +17,11 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::errors::NmiError;
+use crate::limits::{self, Limits, RateLimiter};
 use crate::metrics::{self, Metrics};
 use crate::query::{self, IdentityRequest, Route, TokenQuery};
 use crate::select::{self, AssignedView, BindingView, IdentityView, MicIdentity, PodView, RetryPolicy, Step};
@@ -101,6 +103,8 @@ pub struct Config {
     /// Pod lookup: retries after the first attempt (4) and their spacing (300 ms).
     pub pod_lookup_retries: u32,
     pub pod_lookup_interval: Duration,
+    /// Connection, rate, time and size bounds.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -118,6 +122,7 @@ impl Default for Config {
             imds_host: "169.254.169.254:80".into(),
             pod_lookup_retries: 4,
             pod_lookup_interval: Duration::from_millis(300),
+            limits: Limits::default(),
         }
     }
 }
@@ -132,13 +137,25 @@ pub struct AppState {
     proxy: reqwest::Client,
     /// Principal IDs learnt from tokens' `oid` claims, by client ID (ours, for `object_id`).
     object_ids: Arc<RwLock<HashMap<String, String>>>,
+    /// Each pod's request rate.
+    rates: Arc<Mutex<RateLimiter>>,
+    /// Requests being answered on the node.
+    in_flight: Arc<Semaphore>,
 }
 
 impl AppState {
     pub fn new(config: Config, node: Arc<dyn NodeState>, tokens: Arc<dyn TokenSource>, metrics: Metrics) -> Self {
-        // IMDS must never be reached through an HTTP proxy; the original's client has no timeout.
-        let proxy = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-        Self { config: Arc::new(config), node, tokens, metrics, proxy, object_ids: Arc::default() }
+        // IMDS must never be reached through an HTTP proxy, and its redirects go back to the
+        // caller (who asks again, through NMI's routing) instead of being followed here.
+        let proxy = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.limits.proxy_timeout)
+            .build()
+            .unwrap_or_default();
+        let rates = Arc::new(Mutex::new(RateLimiter::new(config.limits.pod_rate)));
+        let in_flight = Arc::new(Semaphore::new(config.limits.max_requests_in_flight));
+        Self { config: Arc::new(config), node, tokens, metrics, proxy, object_ids: Arc::default(), rates, in_flight }
     }
 }
 
@@ -148,8 +165,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
-    let path = req.uri().path().to_owned();
-    match query::route(&path, req.uri().query(), state.config.block_instance_metadata) {
+    let _permit = match admit(&state, peer.ip()) {
+        Ok(permit) => permit,
+        Err(err) => return err.into_response(),
+    };
+    // Decoded once: the path routed on is the path measured and the path forwarded.
+    let Some(path) = query::decode_path(req.uri().path()) else { return NmiError::InvalidRequest.into_response() };
+    match query::route_decoded(&path, req.uri().query(), state.config.block_instance_metadata) {
         Route::Redirect(to) => redirect(&to),
         Route::Token => {
             let (parts, _) = req.into_parts();
@@ -161,8 +183,21 @@ async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<
         }
         Route::InvalidRequest => NmiError::InvalidRequest.into_response(),
         Route::InstanceBlocked => NmiError::InstanceBlocked.into_response(),
-        Route::Proxy => proxy(&state, req).await.unwrap_or_else(IntoResponse::into_response),
+        Route::Proxy => proxy(&state, &path, req).await.unwrap_or_else(IntoResponse::into_response),
     }
+}
+
+/// The pod's rate, then the node's requests in flight; the permit is held until the answer.
+fn admit(state: &AppState, ip: IpAddr) -> Result<OwnedSemaphorePermit, NmiError> {
+    let checked = state.rates.lock().unwrap_or_else(PoisonError::into_inner).check(ip, Instant::now());
+    if let Err(wait) = checked {
+        tracing::debug!(%ip, "Request refused: over the pod's request rate");
+        return Err(NmiError::TooManyRequests { retry_after_secs: limits::retry_after_secs(wait) });
+    }
+    state.in_flight.clone().try_acquire_owned().map_err(|_| {
+        tracing::debug!(%ip, "Request refused: too many requests in flight");
+        NmiError::Overloaded
+    })
 }
 
 fn redirect(to: &str) -> Response {
@@ -205,6 +240,7 @@ async fn measured(
 async fn token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<String>, Result<Response, NmiError>) {
     let early = (|| {
         query::check_metadata_header(&req.headers, state.config.metadata_header_required)?;
+        query::check_not_forwarded(&req.headers)?;
         let ip = caller_ipv4(peer).ok_or(NmiError::RemoteAddressEmpty)?;
         Ok::<_, NmiError>((ip, query::parse_token_query(req.uri.query())?))
     })();
@@ -399,7 +435,7 @@ async fn host_token_for(
 
 // === Proxy ===
 
-/// Hop-by-hop headers and the ones IMDS must not see (it rejects `X-Forwarded-For`).
+/// Hop-by-hop headers, and the Host header the proxy sets itself.
 const DROPPED_REQUEST_HEADERS: &[header::HeaderName] = &[
     header::HOST,
     header::CONNECTION,
@@ -412,33 +448,73 @@ const DROPPED_REQUEST_HEADERS: &[header::HeaderName] = &[
 const DROPPED_RESPONSE_HEADERS: &[header::HeaderName] =
     &[header::CONNECTION, header::TRANSFER_ENCODING, header::CONTENT_LENGTH, header::UPGRADE];
 
-async fn proxy(state: &AppState, req: Request) -> Result<Response, NmiError> {
+/// IMDS's largest answers (the instance document) are a few KiB.
+const MAX_UPSTREAM_BODY: usize = 8 << 20;
+
+/// Forwards a request to IMDS with `path`, the decoded path it was routed on (never the raw
+/// one), its query as sent, and IMDS's own Host header.
+async fn proxy(state: &AppState, path: &str, req: Request) -> Result<Response, NmiError> {
     query::check_metadata_header(req.headers(), state.config.metadata_header_required)?;
-    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-    let url = format!("{}{path_and_query}", state.config.imds_base);
+    query::check_not_forwarded(req.headers())?;
+    if req.method() == Method::CONNECT {
+        return Err(NmiError::InvalidRequest);
+    }
+    let url = match req.uri().query() {
+        Some(q) => format!("{}{path}?{q}", state.config.imds_base),
+        None => format!("{}{path}", state.config.imds_base),
+    };
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.map_err(|e| NmiError::Proxy(e.to_string()))?;
+    let body = read_body(body, &state.config.limits).await?;
     let mut headers = parts.headers;
     for name in DROPPED_REQUEST_HEADERS {
         headers.remove(name);
     }
-    headers.remove("x-forwarded-for");
     if let Ok(host) = HeaderValue::from_str(&state.config.imds_host) {
         headers.insert(header::HOST, host);
     }
     let upstream = state.proxy.request(parts.method, url).headers(headers).body(body).send().await;
-    let upstream =
+    let mut upstream =
         upstream.map_err(|e| NmiError::Proxy(format!("failed to reach the instance metadata service: {e}")))?;
     let status = upstream.status();
-    let mut out_headers = upstream.headers().clone();
+    let mut out_headers = std::mem::take(upstream.headers_mut());
     for name in DROPPED_RESPONSE_HEADERS {
         out_headers.remove(name);
     }
-    let bytes = upstream.bytes().await.map_err(|e| NmiError::Proxy(e.to_string()))?;
+    let bytes = read_upstream(upstream).await?;
     let mut res = Response::new(Body::from(bytes));
     *res.status_mut() = status;
     *res.headers_mut() = out_headers;
     Ok(res)
+}
+
+/// The request body, at most `max_body_bytes`, arriving within the proxy timeout.
+async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, NmiError> {
+    let read = tokio::time::timeout(limits.proxy_timeout, axum::body::to_bytes(body, limits.max_body_bytes));
+    match read.await {
+        Err(_elapsed) => Err(NmiError::BodyTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(err)) => {
+            let source = err.into_inner();
+            if source.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(NmiError::BodyTooLarge)
+            } else {
+                Err(NmiError::InvalidRequest)
+            }
+        }
+    }
+}
+
+async fn read_upstream(mut upstream: reqwest::Response) -> Result<Vec<u8>, NmiError> {
+    let mut out = Vec::new();
+    while let Some(chunk) =
+        upstream.chunk().await.map_err(|e| NmiError::Proxy(format!("reading the instance metadata answer: {e}")))?
+    {
+        if out.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(NmiError::Proxy("the instance metadata answer is too large".into()));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -404,40 +404,167 @@ async fn host_endpoint_needs_pod_headers_and_a_local_caller() {
 
 // === Proxy ===
 
-async fn fake_imds() -> (String, tokio::task::JoinHandle<()>) {
+/// What the fake IMDS saw: `METHOD path?query host=<Host>` per request.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+async fn fake_imds() -> (String, Seen, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Router::new().fallback(|req: Request| async move {
-        let h = req.headers();
-        let seen = format!(
-            "{} {} host={} xff={}",
-            req.method(),
-            req.uri(),
-            h.get(header::HOST).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default(),
-            h.contains_key("x-forwarded-for"),
-        );
-        (StatusCode::IM_A_TEAPOT, [("x-imds", "yes")], seen)
+    let seen = Seen::default();
+    let record = seen.clone();
+    let app = Router::new().fallback(move |req: Request| {
+        let record = record.clone();
+        async move {
+            let h = req.headers();
+            let line = format!(
+                "{} {} host={} xff={}",
+                req.method(),
+                req.uri(),
+                h.get(header::HOST).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default(),
+                h.contains_key("x-forwarded-for"),
+            );
+            record.lock().unwrap().push(line.clone());
+            (StatusCode::IM_A_TEAPOT, [("x-imds", "yes")], line)
+        }
     });
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
-    (addr.to_string(), task)
+    (addr.to_string(), seen, task)
+}
+
+fn proxied_to(addr: &str, config: Config) -> Config {
+    Config { imds_base: format!("http://{addr}"), imds_host: addr.to_owned(), ..config }
 }
 
 #[tokio::test]
-async fn other_paths_are_proxied_verbatim_without_x_forwarded_for() {
-    let (addr, task) = fake_imds().await;
-    let h = harness(Config { imds_base: format!("http://{addr}"), imds_host: addr.clone(), ..fast_config() });
-    let req = http::Request::get("/metadata/instance?api-version=2021-02-01")
-        .header("Metadata", "true")
-        .header("X-Forwarded-For", "1.2.3.4")
-        .body(Body::empty())
-        .unwrap();
-    let (status, headers, body) = h.call(POD_IP, req).await;
+async fn other_paths_are_proxied_with_the_imds_host() {
+    let (addr, seen, task) = fake_imds().await;
+    let h = harness(proxied_to(&addr, fast_config()));
+    let (status, headers, body) = h.get("/metadata/instance?api-version=2021-02-01").await;
     assert_eq!(status, StatusCode::IM_A_TEAPOT);
     assert_eq!(headers["x-imds"], "yes");
     assert_eq!(body, format!("GET /metadata/instance?api-version=2021-02-01 host={addr} xff=false"));
     assert_eq!(h.call(POD_IP, get_req("/doesnotexist", false)).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    task.abort();
+}
+
+#[rstest::rstest]
+#[case::x_forwarded_for("X-Forwarded-For", "1.2.3.4")]
+#[case::x_forwarded_for_any_case("x-FORWARDED-for", "")]
+#[case::forwarded("Forwarded", "for=192.0.2.60;proto=http")]
+#[tokio::test]
+async fn forwarded_requests_are_refused_with_400_as_imds_does(#[case] name: &str, #[case] value: &str) {
+    let (addr, seen, task) = fake_imds().await;
+    let h = harness(proxied_to(&addr, fast_config()));
+    h.assign(AssignedIdentityState::Assigned, "id-a", "client-a");
+    for uri in ["/metadata/instance?api-version=2021-02-01", TOKEN_URI] {
+        let req = http::Request::get(uri).header("Metadata", "true").header(name, value).body(Body::empty()).unwrap();
+        let (status, headers, body) = h.call(POD_IP, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json; charset=utf-8");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "invalid_request", "{body}");
+        assert!(!body.contains("Identity not found") && !body.contains("token-for"), "{body}");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "nothing reaches IMDS: {:?}", seen.lock().unwrap());
+    let req = http::Request::get("/metadata/instance?api-version=2021-02-01")
+        .header("Metadata", "true")
+        .header("X-Forwarded-Host", "example.com")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(h.call(POD_IP, req).await.0, StatusCode::IM_A_TEAPOT, "other X-Forwarded-* headers pass");
+    task.abort();
+}
+
+/// Encoded spellings of the token path: each is the token endpoint, served for the caller's own identity.
+#[rstest::rstest]
+#[case::escaped_letter("/metadata/identity/oauth2/%74oken")]
+#[case::escaped_lower_hex_letters("/metadata/%69dentity/oauth2/tok%65n")]
+#[case::escaped_slashes("/metadata%2Fidentity%2Foauth2%2Ftoken")]
+#[case::escaped_slashes_lower_hex("/metadata%2fidentity%2foauth2%2ftoken/")]
+#[case::every_byte_escaped("/%6D%65%74%61%64%61%74%61/%69%64%65%6E%74%69%74%79/%6F%61%75%74%68%32/%74%6F%6B%65%6E")]
+#[case::first_segment_any_case("/METADATA/identity/oauth2/%74oken")]
+#[tokio::test]
+async fn encoded_token_paths_are_the_token_endpoint_never_the_proxy(#[case] path: &str) {
+    let (addr, seen, task) = fake_imds().await;
+    let h = harness(proxied_to(&addr, fast_config()));
+    h.assign(AssignedIdentityState::Assigned, "id-a", "client-a");
+    let query = "?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
+    let (status, _, body) = h.get(&format!("{path}{query}&client_id=client-of-another-pod")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another identity is refused: {body}");
+    let (status, _, body) = h.get(&format!("{path}{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(".token-for-client-a"), "{body}");
+    assert!(seen.lock().unwrap().is_empty(), "proxied: {:?}", seen.lock().unwrap());
+    task.abort();
+}
+
+/// Paths a lenient server could take for the token or instance endpoint, or that decode ambiguously:
+/// refused (400) or blocked (403), never proxied.
+#[rstest::rstest]
+#[case::other_case_identity("/metadata/Identity/oauth2/token", 400)]
+#[case::all_caps("/METADATA/IDENTITY/OAUTH2/TOKEN", 400)]
+#[case::backslashes("/metadata\\identity/oauth2/token", 400)]
+#[case::escaped_backslash("/metadata%5Cidentity%5Coauth2%5Ctoken", 400)]
+#[case::double_escaped_slash("/metadata%252Fidentity%252Foauth2%252Ftoken", 400)]
+#[case::semicolon_param("/metadata;x=1/identity/oauth2/token", 400)]
+#[case::nul("/metadata/identity/oauth2/token%00", 400)]
+#[case::nul_in_segment("/metadata%00/identity/oauth2/token", 400)]
+#[case::invalid_utf8("/metadata/identity/oauth2/%FFtoken", 400)]
+#[case::overlong_slash("/metadata%C0%AFidentity%C0%AFoauth2%C0%AFtoken", 400)]
+#[case::percent_u("/metadata/identity/oauth2/%u0074oken", 400)]
+#[case::truncated_escape("/metadata/identity/oauth2/token%2", 400)]
+#[case::bad_escape("/metadata/identity/oauth2/%zztoken", 400)]
+#[case::encoded_dot_dot_is_cleaned("/metadata/x/%2e%2e/identity/oauth2/token", 301)]
+#[case::instance_escaped("/metadata/%69nstance?api-version=2021-02-01", 403)]
+#[case::instance_other_case("/metadata/Instance/compute", 403)]
+#[case::instance_escaped_slash("/metadata%2Finstance", 403)]
+#[case::instance_semicolon("/metadata;/instance", 400)]
+#[case::instance_backslash("/metadata\\instance", 400)]
+#[tokio::test]
+async fn ambiguous_paths_are_never_proxied(#[case] path: &str, #[case] status: u16) {
+    let (addr, seen, task) = fake_imds().await;
+    let h = harness(proxied_to(&addr, Config { block_instance_metadata: true, ..fast_config() }));
+    h.assign(AssignedIdentityState::Assigned, "id-a", "client-a");
+    let (got, _, body) = h.get(path).await;
+    assert_eq!(got.as_u16(), status, "{path}: {body}");
+    assert!(!body.contains("token-for"), "{body}");
+    assert!(seen.lock().unwrap().is_empty(), "proxied: {:?}", seen.lock().unwrap());
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_proxy_forwards_the_decoded_path_it_routed_on() {
+    let (addr, seen, task) = fake_imds().await;
+    let h = harness(proxied_to(&addr, fast_config()));
+    let (status, _, body) = h.get("/metadata/%69nstance/compute%2FvmId?api-version=2021-02-01&format=text").await;
+    assert_eq!(status, StatusCode::IM_A_TEAPOT, "{body}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [format!("GET /metadata/instance/compute/vmId?api-version=2021-02-01&format=text host={addr} xff=false")]
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn absolute_form_targets_route_on_their_path_and_never_choose_the_upstream() {
+    let (addr, seen, task) = fake_imds().await;
+    let h = harness(proxied_to(&addr, Config { block_instance_metadata: true, ..fast_config() }));
+    h.assign(AssignedIdentityState::Assigned, "id-a", "client-a");
+    let token = "http://169.254.169.254/metadata/identity/oauth2/%74oken?resource=r&client_id=client-of-another-pod";
+    let req = http::Request::get(token).header("Metadata", "true").header("Host", "evil.example").body(Body::empty());
+    assert_eq!(h.call(POD_IP, req.unwrap()).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.get("http://evil.example:8080/metadata/%69nstance").await.0, StatusCode::FORBIDDEN);
+    let req = http::Request::get("http://evil.example:8080/metadata/versions?x=1")
+        .header("Metadata", "true")
+        .header("Host", "evil.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(h.call(POD_IP, req).await.0, StatusCode::IM_A_TEAPOT);
+    assert_eq!(seen.lock().unwrap().clone(), [format!("GET /metadata/versions?x=1 host={addr} xff=false")]);
     task.abort();
 }
 
@@ -448,4 +575,90 @@ async fn unreachable_imds_is_500() {
     drop(listener);
     let h = harness(Config { imds_base: format!("http://{addr}"), imds_host: addr.to_string(), ..fast_config() });
     assert_eq!(h.get("/metadata/versions").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+fn with_limits(config: Config, limits: Limits) -> Config {
+    Config { limits, ..config }
+}
+
+#[tokio::test]
+async fn proxied_bodies_are_bounded_in_size_and_in_time() {
+    let (addr, seen, task) = fake_imds().await;
+    let limits = Limits { max_body_bytes: 64, proxy_timeout: Duration::from_millis(300), ..Limits::default() };
+    let h = harness(with_limits(proxied_to(&addr, fast_config()), limits));
+    let post = |body: Body| {
+        http::Request::post("/metadata/scheduledevents?api-version=2020-07-01")
+            .header("Metadata", "true")
+            .body(body)
+            .unwrap()
+    };
+    let (status, _, body) = h.call(POD_IP, post(Body::from(vec![b'x'; 65]))).await;
+    assert_eq!((status, body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n"));
+    let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+    let started = Instant::now();
+    let (status, _, _) = h.call(POD_IP, post(Body::from_stream(never))).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(seen.lock().unwrap().is_empty(), "nothing forwarded: {:?}", seen.lock().unwrap());
+    assert_eq!(h.call(POD_IP, post(Body::from(vec![b'x'; 64]))).await.0, StatusCode::IM_A_TEAPOT);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_silent_imds_is_500_after_the_proxy_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let limits = Limits { proxy_timeout: Duration::from_millis(300), ..Limits::default() };
+    let h = harness(with_limits(proxied_to(&addr, fast_config()), limits));
+    let started = Instant::now();
+    assert_eq!(h.get("/metadata/instance?api-version=2021-02-01").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    silent.abort();
+}
+
+#[tokio::test]
+async fn a_pod_over_its_rate_gets_429_and_another_pod_is_served() {
+    let limits = Limits { pod_rate: crate::limits::Rate { per_second: 1, burst: 2 }, ..Limits::default() };
+    let h = harness(with_limits(fast_config(), limits));
+    h.assign(AssignedIdentityState::Assigned, "id-a", "client-a");
+    h.node.pods.lock().unwrap().push(PodView {
+        namespace: "apps".into(),
+        name: "other".into(),
+        ip: "10.244.1.6".parse().ok(),
+        phase: "Running".into(),
+        ..Default::default()
+    });
+    assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::OK);
+    assert_eq!(h.get(TOKEN_URI).await.0, StatusCode::OK);
+    let (status, headers, body) = h.get(TOKEN_URI).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(!body.contains("token-for"));
+    assert_eq!(h.call("10.244.1.6", get_req(TOKEN_URI, true)).await.0, StatusCode::OK, "its own budget");
+}
+
+#[tokio::test]
+async fn imds_redirects_go_back_to_the_caller_unfollowed() {
+    let (elsewhere, seen_elsewhere, other) = fake_imds().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let location = format!("http://{elsewhere}/metadata/identity/oauth2/token?resource=r");
+    let app = Router::new().fallback(move || {
+        let location = location.clone();
+        async move { (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]) }
+    });
+    let redirecting = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let h = harness(proxied_to(&addr, fast_config()));
+    let (status, headers, _) = h.get("/metadata/versions").await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert!(headers[header::LOCATION].to_str().unwrap().starts_with(&format!("http://{elsewhere}/")));
+    assert!(seen_elsewhere.lock().unwrap().is_empty(), "NMI never follows IMDS's redirects");
+    redirecting.abort();
+    other.abort();
 }

@@ -19,7 +19,7 @@ use aadpodid_azure_sim::{IdentityInfo, NodeRef, RunningSim, SimConfig, Simulator
 use aadpodid_nmi::iptables::{self, Iptables, Rules};
 use aadpodid_nmi::metrics::Metrics;
 use aadpodid_nmi::select::RetryPolicy;
-use aadpodid_nmi::server::{self, AppState, Config};
+use aadpodid_nmi::server::{AppState, Config};
 use aadpodid_nmi::tokens::{AzureTokens, TokenSettings};
 use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
 use serde_json::Value;
@@ -45,6 +45,11 @@ fn check_tools() {
 
 /// Node + simulator + NMI + `pods` pod namespaces (pod i is `apps/pod-i`).
 async fn world(pods: usize) -> World {
+    world_with(pods, Config::default()).await
+}
+
+/// [`world`] with NMI's flags taken from `base` (its IMDS address and retries are the test's).
+async fn world_with(pods: usize, base: Config) -> World {
     check_tools();
     let sim = Simulator::start(SimConfig::default()).await.expect("simulator starts");
     let seed = Seed::parse(
@@ -58,7 +63,7 @@ async fn world(pods: usize) -> World {
     sim.serve_imds(node.imds_listener().expect("bind IMDS in node"), node_ref.clone()).expect("node IMDS");
     let host_imds = sim.serve_imds_on(SocketAddr::from(([127, 0, 0, 1], 0)), node_ref).expect("host IMDS");
     let table = Arc::new(FixedNode::default());
-    start_nmi(&sim, &node, table.clone(), &host_imds.url()).await;
+    start_nmi(&sim, &node, table.clone(), &host_imds.url(), base).await;
     let pods: Vec<Pod> = (0..pods).map(|_| node.add_pod().expect("pod namespace")).collect();
     for (i, pod) in pods.iter().enumerate() {
         table.add_pod("apps", &format!("pod-{i}"), IpAddr::V4(pod.ip));
@@ -68,7 +73,7 @@ async fn world(pods: usize) -> World {
 
 /// NMI's router served inside the node namespace on 127.0.0.1:2579, plus its rules there.
 /// Its own IMDS calls go to the simulator on the host's loopback (as host-network calls would).
-async fn start_nmi(sim: &RunningSim, node: &Node, table: Arc<FixedNode>, imds_url: &str) {
+async fn start_nmi(sim: &RunningSim, node: &Node, table: Arc<FixedNode>, imds_url: &str, base: Config) {
     let metrics = Metrics::new().unwrap();
     let aad = AadClient::new(&HttpOptions::with_root_ca_pem(sim.ca_cert_pem().as_bytes().to_vec())).unwrap();
     let secrets = Arc::new(FixedSecrets::default());
@@ -80,14 +85,14 @@ async fn start_nmi(sim: &RunningSim, node: &Node, table: Arc<FixedNode>, imds_ur
         retry_interval: Duration::from_millis(100),
         imds_base: imds_url.to_owned(),
         imds_host: host,
-        ..Config::default()
+        ..base
     };
     let state = AppState::new(config, table, Arc::new(tokens), metrics);
     let listener = node.ns.bind(SocketAddr::from(([127, 0, 0, 1], NMI_PORT))).expect("bind NMI in node");
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let limits = state.config.limits.clone();
+    tokio::spawn(aadpodid_nmi::listener::serve(listener, aadpodid_nmi::server::router(state), limits));
     rules().ensure(&Iptables::in_netns(node.ns.name())).await.expect("rules install");
 }
 
@@ -250,4 +255,68 @@ async fn rules_are_the_originals_never_duplicated_repaired_and_removed() {
     assert!(w.node.iptables_list(iptables::CHAIN).is_err(), "chain removed");
     assert!(!w.node.iptables_list("PREROUTING").unwrap().contains("aad-metadata"), "jump removed");
     drop(w.sim);
+}
+
+const VAULT_TOKEN: &str = "?api-version=2018-02-01&resource=https://vault.azure.net";
+
+/// Escaped, other-case and slash-escaped spellings of the token path, sent by a pod through the
+/// DNAT: NMI serves each as the token endpoint (the pod's own identity only) or refuses it, so
+/// the node's IMDS (which reads them all as its token path) never sees one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_token_paths_never_reach_the_node_imds() {
+    let w = world(1).await;
+    let (a, b) = (&w.ids[0], &w.ids[1]);
+    w.table.assign(("apps", "pod-0"), AssignedIdentityState::Assigned, "id-a", ua_spec(a));
+    let pod = &w.pods[0];
+    for (path, expected) in [
+        ("/metadata/identity/oauth2/%74oken", 404),
+        ("/metadata%2Fidentity%2Foauth2%2Ftoken", 404),
+        ("/METADATA/identity/oauth2/tok%65n/", 404),
+        ("/metadata/Identity/oauth2/token", 400),
+        ("/metadata%5Cidentity%5Coauth2%5Ctoken", 400),
+        ("/metadata/identity/oauth2/%u0074oken", 400),
+        ("/metadata./identity/oauth2/token", 400),
+    ] {
+        let target = format!("{path}{VAULT_TOKEN}&client_id={}", b.client_id);
+        let (status, body) = raw(pod, &target, &["Metadata=true"]).await;
+        assert_eq!(status, expected, "{path}: {body}");
+        assert!(!body.contains("access_token") && !body.contains("eyJ"), "{path}: {body}");
+    }
+    let (status, body) = raw(pod, &format!("/metadata/identity/oauth2/%74oken{VAULT_TOKEN}"), &["Metadata=true"]).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(jwt_claims(v["access_token"].as_str().unwrap())["appid"], a.client_id.as_str(), "the pod's own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_block_covers_encoded_spellings() {
+    let w = world_with(1, Config { block_instance_metadata: true, ..Config::default() }).await;
+    let pod = &w.pods[0];
+    for path in ["/metadata/instance", "/metadata/%69nstance", "/metadata%2Finstance", "/metadata/INSTANCE"] {
+        let (status, body) = raw(pod, &format!("{path}?api-version=2021-02-01"), &["Metadata=true"]).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(!body.contains("compute"), "{path}: {body}");
+    }
+    let (status, body) = raw(pod, "/metadata/versions", &["Metadata=true"]).await;
+    assert_eq!(status, 200, "other paths still reach IMDS: {body}");
+}
+
+/// A request relayed by a proxy (SSRF through an application in the pod) is refused with 400, as
+/// the real IMDS refuses it, on the proxied paths and on the token path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_are_refused_as_imds_refuses_them() {
+    let w = world(1).await;
+    w.table.assign(("apps", "pod-0"), AssignedIdentityState::Assigned, "id-a", ua_spec(&w.ids[0]));
+    let pod = &w.pods[0];
+    let instance = "/metadata/instance?api-version=2021-02-01";
+    let token = format!("/metadata/identity/oauth2/token{VAULT_TOKEN}");
+    assert_eq!(raw(pod, instance, &["Metadata=true"]).await.0, 200, "reachable without the header");
+    for (path, header) in [
+        (instance, "X-Forwarded-For=10.1.2.3"),
+        (instance, "Forwarded=for=10.1.2.3"),
+        (token.as_str(), "X-Forwarded-For=10.1.2.3"),
+    ] {
+        let (status, body) = raw(pod, path, &["Metadata=true", header]).await;
+        assert_eq!((status, body.as_str()), (400, aadpodid_nmi::errors::FORWARDED_BODY), "{path} {header}");
+    }
 }

@@ -91,7 +91,7 @@ impl Env {
 
     /// Starts `binary` (ours or the original `nmi`) in the node in standard mode, logging to a
     /// file, and waits until its probe says `Active` (its iptables rules are in).
-    pub(crate) async fn start_nmi(&self, binary: &Path, tag: &str) -> anyhow::Result<NmiProcess> {
+    pub(crate) async fn start_nmi(&self, binary: &Path, tag: &str, extra_args: &[&str]) -> anyhow::Result<NmiProcess> {
         let log = self.dir.path().join(format!("{tag}.log"));
         let file = std::fs::File::create(&log)?;
         let mut cmd = self.node.ns.command(binary);
@@ -101,6 +101,7 @@ impl Env {
             "--allow-network-plugin-kubenet".to_owned(),
             format!("--http-probe-port={PROBE_PORT}"),
         ])
+        .args(extra_args)
         .env("KUBECONFIG", &self.kubeconfig)
         .env("NMI_TERMINATION_WAIT_SEC", "0")
         .stdin(Stdio::null())

@@ -100,3 +100,50 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url payload");
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
+
+/// A token source that only counts: every token it hands out is recorded, so a test can say no
+/// token was ever issued. Its tokens are opaque strings naming the identity.
+#[derive(Default)]
+pub struct CountingTokens {
+    /// The client IDs tokens were issued for, in order.
+    pub issued_for: Mutex<Vec<String>>,
+}
+
+impl CountingTokens {
+    pub fn issued(&self) -> usize {
+        self.issued_for.lock().unwrap().len()
+    }
+
+    fn mint(&self, client_id: &str, resource: &str) -> aadpodid_nmi::token::TokenJson {
+        self.issued_for.lock().unwrap().push(client_id.to_owned());
+        aadpodid_nmi::token::TokenJson {
+            access_token: format!("issued-for-{client_id}"),
+            expires_in: "3599".into(),
+            expires_on: "4102444800".into(),
+            not_before: "1700000000".into(),
+            resource: resource.into(),
+            token_type: "Bearer".into(),
+            client_id: Some(client_id.into()),
+            ..Default::default()
+        }
+    }
+}
+
+impl aadpodid_nmi::server::TokenSource for CountingTokens {
+    fn identity_tokens<'a>(
+        &'a self,
+        identity: &'a IdentityView,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<aadpodid_nmi::token::TokenJson>, aadpodid_nmi::server::TokenFailure>> {
+        let token = self.mint(identity.client_id(), resource);
+        Box::pin(async move { Ok(vec![token]) })
+    }
+    fn node_token<'a>(
+        &'a self,
+        client_id: Option<&'a str>,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<aadpodid_nmi::token::TokenJson, aadpodid_nmi::server::TokenFailure>> {
+        let token = self.mint(client_id.unwrap_or("system"), resource);
+        Box::pin(async move { Ok(token) })
+    }
+}
