@@ -157,7 +157,8 @@ async fn until_the_watches_sync_pods_get_503_and_never_the_node_imds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nmi_answers_through_the_termination_wait_and_removes_the_rules_on_exit() {
     let (e, pod) = env().await;
-    let nmi = e.start(&["--termination-wait-sec=6"]);
+    // The loop below asks as fast as NMI answers: far above a pod's request rate.
+    let nmi = e.start(&["--termination-wait-sec=6", "--pod-requests-per-second=0"]);
     nmi.wait_active(&e.node).await;
     nmi.signal("TERM");
     let signalled = Instant::now();
