@@ -141,6 +141,24 @@ where
         .filter_map(move |item| future::ready(item.map(|event| typed(event, &report)).transpose()))
 }
 
+/// Lists every `K` in the cluster (one request, no paging), leaving out with a warning each
+/// object that does not decode, so one such object cannot fail a one-off pass over all.
+pub async fn list_all<K>(client: Client) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let api: Api<Decoded<K>> = Api::all(client);
+    let list = api.list(&kube::api::ListParams::default()).await?;
+    let keep = |item| match item {
+        Decoded::Valid(object) => Some(object),
+        Decoded::Invalid(bad) => {
+            left_out::<K>(&bad, &log_only());
+            None
+        }
+    };
+    Ok(list.items.into_iter().filter_map(keep).collect())
+}
+
 /// An event on decoded objects as an event on `K`: an undecodable object is skipped in a
 /// relist and deleted otherwise, and reported either way (except when it is being deleted).
 pub fn typed<K>(event: watcher::Event<Decoded<K>>, report: &OnUndecodable) -> Option<watcher::Event<K>>
