@@ -1,7 +1,7 @@
 //! Watches that decode each object on its own.
 //!
 //! The API server stores whatever a custom resource's schema allows: an `int32` field holding
-//! 2^31, a number too large for an `i64`, an object without `spec`. Our types may not hold
+//! 2^31 (it checks the type, not the range), an object without `spec`. Our types may not hold
 //! such an object, and kube's watcher decodes a list page or a watch event as a whole, so one
 //! of them would fail every list of its kind and freeze the cache built on it. Here every
 //! object is decoded by itself: one that does not decode is logged, reported to the caller
