@@ -242,8 +242,11 @@ mod tests {
         (what, object.metadata.name.clone().unwrap_or_default())
     }
 
-    fn recorder() -> (OnUndecodable, Arc<Mutex<Vec<(String, String)>>>) {
-        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    /// (kind/namespace/name, error) of each report.
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    fn recorder() -> (OnUndecodable, Seen) {
+        let seen: Seen = Arc::default();
         let sink = Arc::clone(&seen);
         let report: OnUndecodable = Arc::new(move |r: &ObjectReference, error: &str| {
             let key = format!(
