@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::binding::AzureIdentityBinding;
 use crate::identity::{AzureIdentity, EmbeddedMeta};
+use crate::lenient::int_or_absent;
 
 /// One (pod, identity) pair, named `<pod>-<podNamespace>-<identity>`, created and owned by MIC.
 /// It embeds full copies of the identity and the binding, as the original does, so NMI can
@@ -38,7 +39,7 @@ pub struct AzureAssignedIdentitySpec {
     #[serde(rename = "nodename", default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// Declared by the original and never read by it; kept for round trips.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "int_or_absent", skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
 }
 
@@ -49,7 +50,12 @@ pub struct AzureAssignedIdentityStatus {
     pub metadata: Option<EmbeddedMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    #[serde(rename = "availableReplicas", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "availableReplicas",
+        default,
+        deserialize_with = "int_or_absent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub available_replicas: Option<i32>,
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::EmbeddedMeta;
 use crate::legacy::prefer;
+use crate::lenient::int_or_absent;
 
 /// Binds the AzureIdentity named `azureIdentity`, in the binding's own namespace, to every pod
 /// whose `aadpodidbinding` label equals `selector` exactly (not a label-selector expression).
@@ -43,7 +44,12 @@ pub struct AzureIdentityBindingSpec {
 pub struct AzureIdentityBindingStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<EmbeddedMeta>,
-    #[serde(rename = "availableReplicas", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "availableReplicas",
+        default,
+        deserialize_with = "int_or_absent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub available_replicas: Option<i32>,
 }
 
@@ -59,7 +65,7 @@ struct AzureIdentityBindingSpecWire {
     selector: Option<String>,
     #[serde(rename = "Selector", default)]
     legacy_selector: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int_or_absent")]
     weight: Option<i64>,
 }
 

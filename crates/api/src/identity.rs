@@ -5,6 +5,7 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
 use crate::legacy::prefer;
+use crate::lenient::int_or_absent;
 
 /// Object metadata embedded in spec and status by the original's Go types; the schema prunes
 /// its content, so only an empty object survives a round trip. Kept so such objects decode.
@@ -67,7 +68,12 @@ pub struct AzureIdentitySpec {
 pub struct AzureIdentityStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<EmbeddedMeta>,
-    #[serde(rename = "availableReplicas", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "availableReplicas",
+        default,
+        deserialize_with = "int_or_absent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub available_replicas: Option<i32>,
 }
 
@@ -100,7 +106,7 @@ struct AzureIdentitySpecWire {
     ad_resource_id: Option<String>,
     #[serde(rename = "adEndpoint", default)]
     ad_endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int_or_absent")]
     replicas: Option<i32>,
 }
 

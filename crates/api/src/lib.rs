@@ -2,7 +2,10 @@
 //! serves them, plus the pre-1.6 capitalised field names that older YAML still uses.
 //!
 //! Reading is lenient on purpose: the CRD schema has no required fields, so every field is
-//! optional here and a malformed value never makes a whole watch stream fail to decode.
+//! optional here, and integers the original declares but never reads are read as absent when
+//! the API server stored a value out of their range. What still does not decode (an identity
+//! `type` beyond 64 bits, an object without `spec`) is left out one object at a time by the
+//! watches in `aadpodid-runtime`, never failing a whole list.
 //! Validation lives in [`view`], which turns a stored object into a checked view or a clear
 //! error naming the field. Writing always uses lower camel case.
 //!
@@ -13,6 +16,7 @@ mod binding;
 mod exception;
 mod identity;
 mod legacy;
+mod lenient;
 pub mod names;
 mod schema;
 pub mod view;

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use aadpodid_api::names::POD_LABEL_KEY;
 use aadpodid_api::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentitySpec};
+use aadpodid_runtime::decoded::{self, OnUndecodable};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod};
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -167,17 +167,17 @@ fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+/// Caches `events`: a typed watch for nodes, [`decoded::watch`] for the custom resources.
 fn spawn_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     strip: fn(&mut K),
     wake: Arc<Notify>,
 ) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
+    let stream = events.modify(strip).reflect(writer);
     let task = tokio::spawn(drive(stream, wake, K::kind(&()).into_owned(), |_| {}));
     (reader, task)
 }
@@ -210,15 +210,20 @@ async fn drive<K>(
     }
 }
 
-/// Starts the five watches; `wake` is notified on every change.
-pub fn start(client: &Client, wake: &Arc<Notify>) -> (Caches, Vec<JoinHandle<()>>) {
+/// Starts the five watches; `wake` is notified on every change. Pods and nodes are built-in
+/// kinds the API server validates fully, so they are decoded as whole lists; the custom
+/// resources are decoded object by object, and `report` hears of each one left out.
+pub fn start(client: &Client, wake: &Arc<Notify>, report: &OnUndecodable) -> (Caches, Vec<JoinHandle<()>>) {
     let pods_cfg = watcher::Config::default().labels(POD_LABEL_KEY).any_semantic();
     let (pods, t1) = spawn_pod_watch(Api::all(client.clone()), pods_cfg, wake.clone());
     let cfg = watcher::Config::default().any_semantic();
-    let (nodes, t2) = spawn_watch(Api::<Node>::all(client.clone()), cfg.clone(), strip_node, wake.clone());
-    let (identities, t3) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta, wake.clone());
-    let (bindings, t4) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta, wake.clone());
-    let (assigned, t5) = spawn_watch(Api::all(client.clone()), cfg, strip_assigned, wake.clone());
+    let node_events = watcher(Api::<Node>::all(client.clone()), cfg.clone()).default_backoff();
+    let (nodes, t2) = spawn_watch(node_events, strip_node, wake.clone());
+    let (identities, t3) =
+        spawn_watch(decoded::watch(client.clone(), cfg.clone(), report.clone()), strip_meta, wake.clone());
+    let (bindings, t4) =
+        spawn_watch(decoded::watch(client.clone(), cfg.clone(), report.clone()), strip_meta, wake.clone());
+    let (assigned, t5) = spawn_watch(decoded::watch(client.clone(), cfg, report.clone()), strip_assigned, wake.clone());
     (Caches { pods, nodes, identities, bindings, assigned }, vec![t1, t2, t3, t4, t5])
 }
 

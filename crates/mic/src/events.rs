@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aadpodid_runtime::decoded::OnUndecodable;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -28,6 +29,9 @@ pub mod reason {
     pub const BINDING_REMOVE_ERROR: &str = "binding remove error";
     pub const STATUS_UPDATE_ERROR: &str = "status update error";
 }
+
+/// Ours: an object of ours that MIC cannot read and therefore ignores.
+pub const INVALID_OBJECT: &str = "InvalidObject";
 
 /// `Normal` or `Warning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +223,17 @@ fn admit(buckets: &mut HashMap<String, Bucket>, key: &str, now: Instant) -> bool
         buckets.remove(&oldest);
     }
     admitted
+}
+
+/// Puts a Warning Event on each object the watches leave out because it does not decode, so
+/// its owner sees why it has no effect. Spawned: the watch must not wait for the API server.
+pub fn undecodable_reporter(recorder: Recorder) -> OnUndecodable {
+    Arc::new(move |object: &ObjectReference, error: &str| {
+        let recorder = recorder.clone();
+        let object = object.clone();
+        let message = format!("Ignored by aad-pod-identity: the object cannot be read ({error}). Fix or delete it.");
+        tokio::spawn(async move { recorder.publish(&object, EventType::Warning, INVALID_OBJECT, message).await });
+    })
 }
 
 /// A reference to any object we hold, for an event.

@@ -15,7 +15,7 @@ use crate::act::Ctx;
 use crate::args::Args;
 use crate::controller::{Controller, LoopConfig, LoopError, OnElected, Reload};
 use crate::decide::{Immutable, Mode};
-use crate::events::Recorder;
+use crate::events::{self, Recorder};
 use crate::gate::{self, GatedArm, LeaderPublisher, LeaderView, WriteGateLayer};
 use crate::leader::{self, LeaderConfig};
 use crate::lease::Timing;
@@ -88,7 +88,8 @@ pub async fn run_until(
     let _abort_election = AbortOnDrop(election.abort_handle());
 
     let wake = Arc::new(Notify::new());
-    let (caches, watches) = cache::start(&clients.watch, &wake);
+    let recorder = Recorder::new(clients.write.clone(), args.leader_election_instance.clone());
+    let (caches, watches) = cache::start(&clients.watch, &wake, &events::undecodable_reporter(recorder.clone()));
     let _abort_watches: Vec<AbortOnDrop> = watches.iter().map(|w| AbortOnDrop(w.abort_handle())).collect();
     let force_namespaced = args.force_namespaced || env.get("FORCENAMESPACED") == Some("true");
     let controller = Controller {
@@ -104,7 +105,7 @@ pub async fn run_until(
         ctx: Ctx {
             client: clients.write.clone(),
             arm: GatedArm::wrap(source.current(), clients.leader.clone()),
-            events: Recorder::new(clients.write.clone(), args.leader_election_instance.clone()),
+            events: recorder,
             metrics,
             batch: usize::try_from(args.create_delete_batch.max(1)).unwrap_or(20),
         },

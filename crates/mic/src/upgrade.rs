@@ -2,13 +2,15 @@
 //! AzureIdentity, AzureIdentityBinding and AzurePodIdentityException in lower camel case
 //! (our types read both casings and write only lower camel), point every
 //! AzureAssignedIdentity's embedded copies at the rewritten objects, and record the upgrade
-//! in the ConfigMap so it never runs again. A failure is fatal, as in the original.
+//! in the ConfigMap so it never runs again. A failure is fatal, as in the original; an object
+//! our types cannot read is left as it is (with a warning), not a failure.
 
 use std::collections::BTreeMap;
 
 use aadpodid_api::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
+use aadpodid_runtime::decoded;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,9 +70,8 @@ where
         + std::fmt::Debug,
 {
     let err = |source| UpgradeError::Rewrite { kind, source };
-    let all: Api<K> = Api::all(client.clone());
     let mut out = BTreeMap::new();
-    for obj in all.list(&ListParams::default()).await.map_err(err)? {
+    for obj in decoded::list_all::<K>(client.clone()).await.map_err(err)? {
         let ns = obj.namespace().unwrap_or_default();
         let name = obj.name_any();
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
@@ -88,8 +89,7 @@ async fn repoint_assigned(
     bindings: &Rewritten<AzureIdentityBinding>,
 ) -> Result<(), UpgradeError> {
     let err = |source| UpgradeError::Rewrite { kind: "AzureAssignedIdentity", source };
-    let all: Api<AzureAssignedIdentity> = Api::all(client.clone());
-    for mut a in all.list(&ListParams::default()).await.map_err(err)? {
+    for mut a in decoded::list_all::<AzureAssignedIdentity>(client.clone()).await.map_err(err)? {
         let key = |m: &ObjectMeta| (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default());
         let id = a.spec.azure_identity_ref.as_ref().and_then(|r| ids.get(&key(&r.metadata))).cloned();
         let binding = a.spec.azure_binding_ref.as_ref().and_then(|r| bindings.get(&key(&r.metadata))).cloned();

@@ -628,3 +628,94 @@ async fn arm_errors_in_events_carry_no_client_id_and_no_other_namespaces_identit
         assert!(!text.contains(&theirs.client_id), "a full client ID: {text}");
     }
 }
+
+/// The API server keeps what a CRD's schema allows, which our types may not hold: an `int32`
+/// field holding 2^31 (read as absent), an object without `spec` (left out, with an Event on
+/// it). Neither may stop the watch of its kind, and an object edited into one that does not
+/// decode leaves the cache as if deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_our_types_cannot_hold_never_stop_the_watches() {
+    use aadpodid_api::{AzureIdentity, AzureIdentityBinding};
+    use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+    use serde_json::json;
+
+    let _serial = serial().await;
+    let w = World::new("malformed").await;
+    let nodes = w.vmss_nodes("oddpool", 1).await;
+    let good = w.identity("good").await;
+    let big = w.identity("big").await;
+    let identities = support::raw_api::<AzureIdentity>(&w.client, &w.ns);
+    let replicas = json!({"spec": {"replicas": 2_147_483_648u64}});
+    identities.patch("big", &PatchParams::default(), &Patch::Merge(&replicas)).await.expect("replicas 2^31");
+    w.binding("b-good", "good", "good").await;
+    w.binding("b-big", "big", "big").await;
+    let bindings = support::raw_api::<AzureIdentityBinding>(&w.client, &w.ns);
+    let no_spec: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": aadpodid_api::API_VERSION, "kind": "AzureIdentityBinding", "metadata": {"name": "no-spec"}
+    }))
+    .expect("object");
+    bindings.create(&PostParams::default(), &no_spec).await.expect("the API server takes a binding without spec");
+    w.pod("demo", &nodes[0], "good").await;
+    w.pod("wide", &nodes[0], "big").await;
+    let _mic = w.start_mic("mic-malformed", &[]);
+
+    let (demo, wide) = (w.assigned_name("demo", "good"), w.assigned_name("wide", "big"));
+    w.wait_assigned(&demo).await;
+    w.wait_assigned(&wide).await;
+    assert!(w.vmss_has("oddpool", &good) && w.vmss_has("oddpool", &big));
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(w.client.clone(), &w.ns);
+    let message = eventually("an InvalidObject event on the binding without spec", DEADLINE, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            let on = &e.involved_object;
+            (e.reason.as_deref() == Some("InvalidObject")
+                && on.kind.as_deref() == Some("AzureIdentityBinding")
+                && on.name.as_deref() == Some("no-spec")
+                && on.uid.is_some()
+                && e.type_.as_deref() == Some("Warning"))
+            .then_some(e.message.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(message.contains("missing field `spec`"), "{message}");
+
+    identities.patch("good", &PatchParams::default(), &Patch::Merge(&json!({"spec": null}))).await.expect("edit");
+    w.wait_gone(&demo).await;
+    eventually("good detached", DEADLINE, || async { (!w.vmss_has("oddpool", &good)).then_some(()) }).await;
+    assert_eq!(w.assigned_status(&wide).await.as_deref(), Some("Assigned"), "the other identity is untouched");
+}
+
+/// The one-time type upgrade lists every object of our kinds; one it cannot read is left as
+/// it is instead of failing the upgrade (which is fatal to MIC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn type_upgrade_leaves_objects_it_cannot_read_alone() {
+    use aadpodid_api::{AzureAssignedIdentity, AzurePodIdentityException};
+    use kube::api::{DynamicObject, PostParams};
+    use serde_json::json;
+
+    let _serial = serial().await;
+    let w = World::new("upbad").await;
+    let nodes = w.vmss_nodes("upbadpool", 1).await;
+    w.identity("good").await;
+    w.binding("b", "good", "app").await;
+    w.pod("demo", &nodes[0], "app").await;
+    let no_spec = |kind: &str, ns: &str| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": aadpodid_api::API_VERSION, "kind": kind,
+            "metadata": {"name": "no-spec", "namespace": ns}}))
+        .expect("object")
+    };
+    let pp = PostParams::default();
+    let exceptions = support::raw_api::<AzurePodIdentityException>(&w.client, &w.ns);
+    exceptions.create(&pp, &no_spec("AzurePodIdentityException", &w.ns)).await.expect("exception without spec");
+    let assigned = support::raw_api::<AzureAssignedIdentity>(&w.client, "default");
+    assigned.create(&pp, &no_spec("AzureAssignedIdentity", "default")).await.expect("assignment without spec");
+    let cm_name = format!("aad-pod-identity-config-{}", w.tag);
+    let _mic = w.start_mic("mic-upbad", &["--enable-type-upgrade=true", &format!("--config-map-name={cm_name}")]);
+
+    w.wait_assigned(&w.assigned_name("demo", "good")).await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(w.client.clone(), "default");
+    let cm = cms.get(&cm_name).await.expect("the upgrade is recorded");
+    assert!(cm.data.unwrap_or_default().contains_key("type-upgrade-status"));
+    let untouched = assigned.get("no-spec").await.expect("left in place");
+    assert!(untouched.data.get("spec").is_none(), "{:?}", untouched.data);
+}

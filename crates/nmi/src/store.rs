@@ -12,6 +12,7 @@ use std::sync::Arc;
 use aadpodid_api::names::NODENAME_LABEL;
 use aadpodid_api::view::is_namespaced;
 use aadpodid_api::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
+use aadpodid_runtime::decoded;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret};
@@ -58,13 +59,26 @@ fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-fn spawn_watch<K>(api: Api<K>, config: watcher::Config, strip: fn(&mut K)) -> (Store<K>, JoinHandle<()>)
+/// Caches `events`: a typed watch for pods, [`decoded::watch`] for the custom resources.
+fn spawn_watch<K>(
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    strip: fn(&mut K),
+) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
+    let stream = events.modify(strip).reflect(writer);
     (reader, tokio::spawn(drive(stream, K::kind(&()).into_owned())))
+}
+
+/// A custom resource watched object by object: one that does not decode is logged and left
+/// out (NMI writes no Events; MIC puts one on the object).
+fn crd_watch<K>(client: &Client, config: watcher::Config) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()> + Default + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    spawn_watch(decoded::watch(client.clone(), config, decoded::log_only()), strip_meta)
 }
 
 async fn drive<K>(stream: impl Stream<Item = watcher::Result<watcher::Event<K>>>, kind: String) {
@@ -82,20 +96,20 @@ impl KubeStore {
     pub fn start(client: &Client, node: &str, mode: Mode, scale_features: bool) -> (Self, Vec<JoinHandle<()>>) {
         let pods_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}")).any_semantic();
         let cfg = watcher::Config::default().any_semantic();
-        let (pods, t1) = spawn_watch(Api::all(client.clone()), pods_cfg, strip_pod);
-        let (exceptions, t2) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta);
+        let (pods, t1) = spawn_watch(watcher(Api::all(client.clone()), pods_cfg).default_backoff(), strip_pod);
+        let (exceptions, t2) = crd_watch(client, cfg.clone());
         let mut tasks = vec![t1, t2];
         let mut store = Self { pods, exceptions, assigned: None, bindings: None, identities: None };
         match mode {
             Mode::Standard => {
                 let aai_cfg = if scale_features { cfg.labels(&format!("{NODENAME_LABEL}={node}")) } else { cfg };
-                let (assigned, t) = spawn_watch(Api::all(client.clone()), aai_cfg, strip_meta);
+                let (assigned, t) = crd_watch(client, aai_cfg);
                 store.assigned = Some(assigned);
                 tasks.push(t);
             }
             Mode::Managed => {
-                let (bindings, t3) = spawn_watch(Api::all(client.clone()), cfg.clone(), strip_meta);
-                let (identities, t4) = spawn_watch(Api::all(client.clone()), cfg, strip_meta);
+                let (bindings, t3) = crd_watch(client, cfg.clone());
+                let (identities, t4) = crd_watch(client, cfg);
                 store.bindings = Some(bindings);
                 store.identities = Some(identities);
                 tasks.extend([t3, t4]);

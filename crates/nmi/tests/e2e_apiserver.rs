@@ -532,3 +532,44 @@ async fn a_reused_ip_never_serves_the_previous_pods_identity() {
     });
     assert_eq!(served.await.expect("the newer pod gets its identity"), a.client_id, "not the finished pod's");
 }
+
+/// Managed mode reads bindings and identities itself. Objects the API server takes but our
+/// types cannot hold as such (an identity whose int32 `replicas` holds 2^31, a binding and an
+/// exception without `spec`) must not keep NMI from becoming ready or from serving the rest,
+/// and an identity edited into one stops being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_mode_serves_around_objects_our_types_cannot_hold() {
+    use aadpodid_api::{AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
+    use kube::api::{Patch, PatchParams};
+    use support::cluster::{bind, create_without_spec, raw_api};
+
+    let e = env().await;
+    let (a, b) = (&e.ids[0], &e.ids[1]);
+    let ns = e.ns.name();
+    let p0 = e.pod("pod-0").await;
+    let p1 = e.pod("pod-1").await;
+    bind(&e.client, ns, ("id-a", ua_spec(a)), "pod-0").await;
+    bind(&e.client, ns, ("id-b", ua_spec(b)), "pod-1").await;
+    let identities = raw_api::<AzureIdentity>(&e.client, ns);
+    let replicas = json!({"spec": {"replicas": 2_147_483_648u64}});
+    identities.patch("id-b", &PatchParams::default(), &Patch::Merge(&replicas)).await.unwrap();
+    create_without_spec::<AzureIdentityBinding>(&e.client, ns, "no-spec").await;
+    create_without_spec::<AzurePodIdentityException>(&e.client, ns, "no-spec").await;
+    let nmi = e.setup.start_nmi(&e.node, &["--operation-mode=managed", "--forceNamespaced"]);
+    nmi.wait_active(&e.node).await;
+
+    assert_token_for(&python(&p0, &["sdk", "https://vault.azure.net"]).await, &a.client_id);
+    assert_token_for(&python(&p1, &["sdk", "https://vault.azure.net"]).await, &b.client_id);
+    let log = nmi.log_text();
+    let skipped =
+        |kind: &str| log.lines().any(|l| l.contains("cannot be decoded") && l.contains(kind) && l.contains("no-spec"));
+    assert!(skipped("AzureIdentityBinding") && skipped("AzurePodIdentityException"), "{log}");
+
+    identities.patch("id-a", &PatchParams::default(), &Patch::Merge(&json!({"spec": null}))).await.unwrap();
+    let refused = aadpodid_testkit::poll_until("id-a no longer served", Duration::from_secs(60), || async {
+        let (status, _) = raw(&p0, TOKEN_PATH, true).await;
+        (status != 200).then_some(status)
+    });
+    assert_eq!(refused.await.expect("the edited identity leaves NMI's cache"), 404);
+    assert_token_for(&python(&p1, &["sdk", "https://vault.azure.net"]).await, &b.client_id);
+}

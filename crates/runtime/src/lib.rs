@@ -1,10 +1,12 @@
 //! The process edge that MIC and NMI share, in the kubert shape without the dependency:
 //! logging set-up, the `/healthz` and `/metrics` servers, signals, the kube client, the
-//! original's Go-style flag spellings, and the termination log.
+//! original's Go-style flag spellings, the termination log, and watches that decode each
+//! object on its own.
 //!
 //! Nothing here decides anything about identities; it only starts and stops things.
 
 mod admin;
+pub mod decoded;
 pub mod goflags;
 mod kubeclient;
 mod logging;

@@ -17,7 +17,9 @@ use aadpodid_azure_sim::{IdentityInfo, RunningSim, SimConfig, Simulator};
 use aadpodid_mic::Env;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Container, Event, Namespace, Node, NodeSpec, Pod, PodSpec};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams,
+};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Mutex, MutexGuard, oneshot};
 
@@ -504,7 +506,8 @@ async fn create_node(client: &Client, name: &str, provider_id: &str) {
 }
 
 /// Removes what earlier tests left: labelled pods, nodes, bindings, identities and assigned
-/// identities (finalizers stripped).
+/// identities (finalizers stripped). Read as plain JSON: a test may leave objects our types
+/// cannot hold.
 pub async fn reset(client: &Client) {
     let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
     let pods: Api<Pod> = Api::all(client.clone());
@@ -512,9 +515,9 @@ pub async fn reset(client: &Client) {
         let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace().unwrap_or_default());
         let _ = api.delete(&p.name_any(), &dp).await;
     }
-    let aais: Api<AzureAssignedIdentity> = Api::all(client.clone());
+    let aais = raw_all::<AzureAssignedIdentity>(client);
     for a in aais.list(&ListParams::default()).await.expect("list assigned") {
-        let api: Api<AzureAssignedIdentity> = Api::namespaced(client.clone(), &a.namespace().unwrap_or_default());
+        let api = raw_api::<AzureAssignedIdentity>(client, &a.namespace().unwrap_or_default());
         let patch = serde_json::json!({"metadata": {"finalizers": null}});
         let _ = api.patch(&a.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await;
         let _ = api.delete(&a.name_any(), &dp).await;
@@ -525,18 +528,19 @@ pub async fn reset(client: &Client) {
     let _ = nodes.delete_collection(&dp, &ListParams::default()).await;
 }
 
-async fn delete_all<K>(client: &Client, dp: &DeleteParams)
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let all: Api<K> = Api::all(client.clone());
-    for o in all.list(&ListParams::default()).await.expect("list") {
-        let api: Api<K> = Api::namespaced(client.clone(), &o.namespace().unwrap_or_default());
-        let _ = api.delete(&o.name_any(), dp).await;
+async fn delete_all<K: kube::Resource<DynamicType = ()>>(client: &Client, dp: &DeleteParams) {
+    for o in raw_all::<K>(client).list(&ListParams::default()).await.expect("list") {
+        let _ = raw_api::<K>(client, &o.namespace().unwrap_or_default()).delete(&o.name_any(), dp).await;
     }
+}
+
+/// One of our kinds in `ns` as plain JSON, to write and read objects our types cannot hold.
+pub fn raw_api<K: kube::Resource<DynamicType = ()>>(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()))
+}
+
+fn raw_all<K: kube::Resource<DynamicType = ()>>(client: &Client) -> Api<DynamicObject> {
+    Api::all_with(client.clone(), &ApiResource::erase::<K>(&()))
 }
 
 /// API-server write requests on a resource so far, from the apiserver's own metrics.

@@ -256,3 +256,18 @@ pub async fn except(client: &kube::Client, ns: &str, name: &str, labels: Value) 
         .await
         .unwrap();
 }
+
+/// One of our kinds in `ns` as plain JSON, to write objects our types cannot hold.
+pub fn raw_api<K: kube::Resource<DynamicType = ()>>(client: &kube::Client, ns: &str) -> Api<kube::api::DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &kube::api::ApiResource::erase::<K>(&()))
+}
+
+/// An object of kind `K` named `name` in `ns` with no `spec`: the schema requires none, so
+/// the API server takes it, but our types need one.
+pub async fn create_without_spec<K: kube::Resource<DynamicType = ()>>(client: &kube::Client, ns: &str, name: &str) {
+    let object: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": {"name": name, "namespace": ns}
+    }))
+    .unwrap();
+    raw_api::<K>(client, ns).create(&PostParams::default(), &object).await.unwrap();
+}
