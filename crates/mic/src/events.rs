@@ -17,6 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use crate::gate::LeaderView;
 
 /// The original's event source component.
 pub const COMPONENT: &str = "aadpodidentity.k8s.io";
@@ -226,14 +229,78 @@ fn admit(buckets: &mut HashMap<String, Bucket>, key: &str, now: Instant) -> bool
 }
 
 /// Puts a Warning Event on each object the watches leave out because it does not decode, so
-/// its owner sees why it has no effect. Spawned: the watch must not wait for the API server.
-pub fn undecodable_reporter(recorder: Recorder) -> OnUndecodable {
-    Arc::new(move |object: &ObjectReference, error: &str| {
-        let recorder = recorder.clone();
-        let object = object.clone();
+/// its owner sees why it has no effect. Only the leader writes, and the watches (hence the
+/// reports) start before the election is won: reports made meanwhile wait, one per object (the
+/// latest), and go out once this replica leads. The returned task does the writing; the
+/// callback never waits for the API server.
+pub fn undecodable_reporter(recorder: Recorder, leader: LeaderView) -> (OnUndecodable, impl Future<Output = ()>) {
+    let (tx, rx) = mpsc::channel::<(ObjectReference, String)>(REPORT_QUEUE);
+    let report: OnUndecodable = Arc::new(move |object: &ObjectReference, error: &str| {
         let message = format!("Ignored by aad-pod-identity: the object cannot be read ({error}). Fix or delete it.");
-        tokio::spawn(async move { recorder.publish(&object, EventType::Warning, INVALID_OBJECT, message).await });
-    })
+        if tx.try_send((object.clone(), message)).is_err() {
+            tracing::debug!(object = %object_key(object), "Undecodable-object report dropped: queue full");
+        }
+    });
+    (report, publish_reports(recorder, leader, rx))
+}
+
+/// Reports queued between the callback and the writer.
+const REPORT_QUEUE: usize = 1024;
+
+async fn publish_reports(
+    recorder: Recorder,
+    mut leader: LeaderView,
+    mut rx: mpsc::Receiver<(ObjectReference, String)>,
+) {
+    let mut waiting = PendingReports::default();
+    loop {
+        tokio::select! {
+            report = rx.recv() => {
+                let Some((object, message)) = report else { return };
+                if leader.is_leading() {
+                    recorder.publish(&object, EventType::Warning, INVALID_OBJECT, message).await;
+                } else {
+                    waiting.hold(object, message);
+                }
+            }
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if leader.is_leading() {
+                    for (object, message) in waiting.take() {
+                        recorder.publish(&object, EventType::Warning, INVALID_OBJECT, message).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reports held until this replica leads: the latest per object, at most [`MAX_TRACKED`]
+/// objects (a newer object beyond that is dropped, as the spam filter would drop it).
+#[derive(Default)]
+struct PendingReports {
+    order: Vec<String>,
+    by_object: HashMap<String, (ObjectReference, String)>,
+}
+
+impl PendingReports {
+    fn hold(&mut self, object: ObjectReference, message: String) {
+        let key = object_key(&object);
+        if let Some(held) = self.by_object.get_mut(&key) {
+            *held = (object, message);
+        } else if self.by_object.len() < MAX_TRACKED {
+            self.order.push(key.clone());
+            self.by_object.insert(key, (object, message));
+        }
+    }
+
+    /// Everything held, oldest first.
+    fn take(&mut self) -> Vec<(ObjectReference, String)> {
+        let mut by_object = std::mem::take(&mut self.by_object);
+        std::mem::take(&mut self.order).into_iter().filter_map(|key| by_object.remove(&key)).collect()
+    }
 }
 
 /// A reference to any object we hold, for an event.
@@ -264,6 +331,25 @@ pub fn pod_reference(name: &str, namespace: &str, uid: Option<&str>) -> ObjectRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn object(name: &str) -> ObjectReference {
+        ObjectReference { kind: Some("AzureIdentity".into()), name: Some(name.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn reports_held_for_the_leader_keep_the_latest_per_object_in_order() {
+        let mut held = PendingReports::default();
+        held.hold(object("a"), "first".into());
+        held.hold(object("b"), "only".into());
+        held.hold(object("a"), "second".into());
+        let out: Vec<_> = held.take().into_iter().map(|(o, m)| (o.name.unwrap(), m)).collect();
+        assert_eq!(out, [("a".to_owned(), "second".to_owned()), ("b".to_owned(), "only".to_owned())]);
+        assert!(held.take().is_empty(), "taking empties the list");
+        for n in 0..MAX_TRACKED + 10 {
+            held.hold(object(&n.to_string()), String::new());
+        }
+        assert_eq!(held.take().len(), MAX_TRACKED, "the list is bounded");
+    }
 
     #[test]
     fn a_burst_of_25_then_one_per_refill_period() {

@@ -89,7 +89,9 @@ pub async fn run_until(
 
     let wake = Arc::new(Notify::new());
     let recorder = Recorder::new(clients.write.clone(), args.leader_election_instance.clone());
-    let (caches, watches) = cache::start(&clients.watch, &wake, &events::undecodable_reporter(recorder.clone()));
+    let (report_undecodable, reporter) = events::undecodable_reporter(recorder.clone(), clients.leader.clone());
+    let _abort_reporter = AbortOnDrop(tokio::spawn(reporter).abort_handle());
+    let (caches, watches) = cache::start(&clients.watch, &wake, &report_undecodable);
     let _abort_watches: Vec<AbortOnDrop> = watches.iter().map(|w| AbortOnDrop(w.abort_handle())).collect();
     let force_namespaced = args.force_namespaced || env.get("FORCENAMESPACED") == Some("true");
     let controller = Controller {
