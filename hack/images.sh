@@ -192,13 +192,14 @@ assemble() {
 	log "$name: $out/$name.tar ($(du -h "$out/$name.tar" | cut -f1))"
 }
 
-# mic or nmi: the Debian layer and /usr/bin/<kind>, named as the chart pulls it by default
-# (image.repository aadpodid; docker.io is where a kubelet resolves that short name).
+# mic or nmi: the Debian layer and /usr/bin/<kind>, named `localhost/aadpodid/<kind>:<tag>`: a name
+# no public registry can serve, so an imported archive is used only where it was imported
+# (`--set image.repository=localhost/aadpodid`); `--push` names them after the registry instead.
 ours() {
 	local kind=$1 user=$2
 	base_layer "$kind"
 	file_layer "$bin_dir/$kind" "/usr/bin/$kind" 0755
-	assemble "$kind" "docker.io/aadpodid/$kind:$tag" "$user" "/usr/bin/$kind" "$BASE_LAYER" "$FILE_LAYER"
+	assemble "$kind" "localhost/aadpodid/$kind:$tag" "$user" "/usr/bin/$kind" "$BASE_LAYER" "$FILE_LAYER"
 }
 
 # The node's own images: the pod sandbox (pause) and the pods' Python SDK.
@@ -209,7 +210,7 @@ node_images() {
 	assemble pause "registry.k8s.io/pause:$("$node_bin/pause" -v | sed -n 's/.*v\([0-9.]*\).*/\1/p')" \
 		65535:65535 /pause "$FILE_LAYER"
 	base_layer sdk
-	assemble sdk-python "docker.io/aadpodid/sdk-python:$tag" 65532:65532 /usr/bin/python3 "$BASE_LAYER"
+	assemble sdk-python "localhost/aadpodid/sdk-python:$tag" 65532:65532 /usr/bin/python3 "$BASE_LAYER"
 }
 
 push_image() {

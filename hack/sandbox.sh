@@ -13,5 +13,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash hack/setup.sh
 for arg in "$@"; do if [[ $arg == --kubelet ]]; then bash hack/images.sh --node; fi; done
-cargo build -q -p aadpodid-mic -p aadpodid-nmi -p aadpodid-sandbox
+cargo build -q -p aadpodid-mic -p aadpodid-nmi -p aadpodid-cli -p aadpodid-sandbox
 exec cargo run -q -p aadpodid-sandbox --bin sandbox -- "$@"

@@ -63,3 +63,14 @@ app.kubernetes.io/component: nmi
 {{- define "aad-pod-identity.standard" -}}
 {{- if ne .Values.operationMode "managed" -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+The image of a component: "<image.repository>/<name>:<tag>". image.repository has no default: a
+name on a public registry that we do not control could be registered by anyone, and NMI runs
+privileged on every node's host network. Rendering fails with how to build and set one.
+*/}}
+{{- define "aad-pod-identity.image" -}}
+{{- $msg := "image.repository is not set. This chart ships no default image (a public registry name could be registered by anyone). Build the mic and nmi images with hack/images.sh, push them to a registry you control, then install with --set image.repository=<registry>/<path>, e.g. --set image.repository=myregistry.azurecr.io/aadpodid" -}}
+{{- $repository := required $msg .root.Values.image.repository | trimSuffix "/" -}}
+{{- printf "%s/%s:%s" $repository .component.image .component.tag -}}
+{{- end -}}

@@ -20,7 +20,13 @@ use crate::lenient::int_or_absent;
     status = "AzureAssignedIdentityStatus",
     schema = "disabled",
     derive = "PartialEq",
-    derive = "Default"
+    derive = "Default",
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.pod"}"#,
+    printcolumn = r#"{"name":"PodNamespace","type":"string","jsonPath":".spec.podNamespace"}"#,
+    printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.azureIdentityRef.metadata.name"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodename"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp","description":"CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC."}"#
 )]
 pub struct AzureAssignedIdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,6 +22,8 @@ use crate::lenient::int_or_absent;
     derive = "Default",
     printcolumn = r#"{"name":"AzureIdentity","type":"string","jsonPath":".spec.azureIdentity"}"#,
     printcolumn = r#"{"name":"Selector","type":"string","jsonPath":".spec.selector"}"#,
+    printcolumn = r#"{"name":"AzureIdentity (pre-1.6)","type":"string","jsonPath":".spec.AzureIdentity","description":"The pre-1.6 spelling, read when azureIdentity is absent."}"#,
+    printcolumn = r#"{"name":"Selector (pre-1.6)","type":"string","jsonPath":".spec.Selector","description":"The pre-1.6 spelling, read when selector is absent."}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp","description":"CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC."}"#
 )]
 #[serde(from = "AzureIdentityBindingSpecWire")]

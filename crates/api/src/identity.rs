@@ -28,6 +28,7 @@ pub type EmbeddedMeta = serde_json::Map<String, serde_json::Value>;
     derive = "Default",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"ClientID","type":"string","jsonPath":".spec.clientID"}"#,
+    printcolumn = r#"{"name":"ClientID (pre-1.6)","type":"string","jsonPath":".spec.ClientID","description":"The pre-1.6 spelling, read when clientID is absent."}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp","description":"CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC."}"#
 )]
 #[serde(from = "AzureIdentitySpecWire")]

@@ -346,23 +346,41 @@ mod tests {
                 .map(|c| (c.name.clone(), c.json_path.clone()))
                 .collect()
         };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(n, p)| ((*n).to_owned(), (*p).to_owned())).collect()
+        };
+        // The original's columns first, then the pre-1.6 spellings (a column has one path).
         assert_eq!(
             columns(1),
-            [
-                ("Type".into(), ".spec.type".into()),
-                ("ClientID".into(), ".spec.clientID".into()),
-                ("Age".into(), ".metadata.creationTimestamp".into())
-            ]
+            pairs(&[
+                ("Type", ".spec.type"),
+                ("ClientID", ".spec.clientID"),
+                ("ClientID (pre-1.6)", ".spec.ClientID"),
+                ("Age", ".metadata.creationTimestamp"),
+            ])
         );
         assert_eq!(
             columns(2),
-            [
-                ("AzureIdentity".into(), ".spec.azureIdentity".into()),
-                ("Selector".into(), ".spec.selector".into()),
-                ("Age".into(), ".metadata.creationTimestamp".into())
-            ]
+            pairs(&[
+                ("AzureIdentity", ".spec.azureIdentity"),
+                ("Selector", ".spec.selector"),
+                ("AzureIdentity (pre-1.6)", ".spec.AzureIdentity"),
+                ("Selector (pre-1.6)", ".spec.Selector"),
+                ("Age", ".metadata.creationTimestamp"),
+            ])
         );
-        assert!(columns(0).is_empty() && columns(3).is_empty());
+        assert_eq!(
+            columns(0),
+            pairs(&[
+                ("Pod", ".spec.pod"),
+                ("PodNamespace", ".spec.podNamespace"),
+                ("Identity", ".spec.azureIdentityRef.metadata.name"),
+                ("Node", ".spec.nodename"),
+                ("State", ".status.status"),
+                ("Age", ".metadata.creationTimestamp"),
+            ])
+        );
+        assert!(columns(3).is_empty());
         assert_eq!(crds[0].spec.names.singular.as_deref(), Some("azureassignedidentity"));
         assert_eq!(crds[0].spec.names.list_kind.as_deref(), Some("AzureAssignedIdentityList"));
     }

@@ -439,3 +439,44 @@ async fn kubectl_get_shows_the_printer_columns() {
     })
     .await;
 }
+
+/// The cell under `header` in the row whose first column is `name`, from a `kubectl get` table
+/// (columns start where their header starts; headers may contain spaces).
+fn cell(table: &str, name: &str, header: &str) -> String {
+    let head = table.lines().next().unwrap_or_default();
+    let start = head.find(header).unwrap_or_else(|| panic!("column {header} in:\n{table}"));
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("a row for {name} in:\n{table}"));
+    row.get(start..).unwrap_or_default().split("   ").next().unwrap_or_default().trim().to_owned()
+}
+
+#[tokio::test]
+async fn kubectl_get_shows_the_legacy_fields_and_who_holds_which_identity() {
+    with_crds(|client, ns| async move {
+        stdout_of(&apply(&ns, &all_kinds_legacy(&ns)), "kubectl apply");
+        let assigned = Api::<AzureAssignedIdentity>::namespaced(client, &ns);
+        poll_until("the assigned identity to be listed", Duration::from_secs(30), || {
+            let assigned = assigned.clone();
+            async move { (!assigned.list(&ListParams::default()).await.ok()?.items.is_empty()).then_some(()) }
+        })
+        .await
+        .unwrap();
+
+        let ids = stdout_of(&kubectl(&["get", "azureidentities", "-n", &ns]), "kubectl get azureidentities");
+        assert_eq!(cell(&ids, "msi", "CLIENTID (PRE-1.6)"), "0c8d7e6f-5a4b-4c3d-9e2f-1a0b9c8d7e6f", "{ids}");
+        let bindings =
+            stdout_of(&kubectl(&["get", "azureidentitybindings", "-n", &ns]), "kubectl get azureidentitybindings");
+        assert_eq!(cell(&bindings, "msi-binding", "AZUREIDENTITY (PRE-1.6)"), "msi", "{bindings}");
+        assert_eq!(cell(&bindings, "msi-binding", "SELECTOR (PRE-1.6)"), "myapp", "{bindings}");
+
+        let out = kubectl(&["get", "azureassignedidentities", "-n", &ns]);
+        let table = stdout_of(&out, "kubectl get azureassignedidentities");
+        let name = format!("myapp-{ns}-msi");
+        let got: Vec<String> =
+            ["POD", "PODNAMESPACE", "IDENTITY", "NODE", "STATE"].iter().map(|h| cell(&table, &name, h)).collect();
+        assert_eq!(got, ["myapp", ns.as_str(), "msi", "node-1", "Assigned"], "{table}");
+    })
+    .await;
+}

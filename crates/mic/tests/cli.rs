@@ -148,3 +148,20 @@ fn a_malformed_cloud_config_is_fatal_without_echoing_the_secret() {
     assert!(stderr.contains("cloud config"), "{stderr}");
     assert!(!stderr.contains("S3cret") && !stdout.contains("S3cret"), "{stdout}\n{stderr}");
 }
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let out = mic(&[], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("MIC stopped"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escape codes in piped logs:\n{stderr:?}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let out = mic(&["--log-format=json"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().find(|l| l.contains("MIC stopped")).unwrap_or_else(|| panic!("{stderr}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "ERROR", "{v}");
+}

@@ -367,7 +367,7 @@ impl KubeletSandbox {
 
     async fn apply_sdk_deployment(&self, name: &str, selector: &str) -> Result<(), Error> {
         let step = format!("Deployment {name}");
-        let image = format!("aadpodid/sdk-python:{}", self.tag);
+        let image = format!("localhost/aadpodid/sdk-python:{}", self.tag);
         let deployment = json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": POD_NAMESPACE},

@@ -25,6 +25,7 @@
 pub mod kubelet;
 pub mod node;
 pub mod oci;
+mod pods;
 pub mod runc;
 mod workload;
 
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aadpodid_api::AzureAssignedIdentity;
 use aadpodid_azure_sim::{IdentityInfo, ImdsHandle, NodeRef, RunningSim, SimConfig, Simulator};
 use aadpodid_testkit::netns::{Node as NetNode, Pod as NetPod};
-use aadpodid_testkit::{ControlPlane, repo_root};
+use aadpodid_testkit::{ControlPlane, EgressProxy, EgressTarget, Options, Tools, repo_root};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -60,6 +61,8 @@ pub const TOKEN_SCOPE: &str = "https://database.windows.net/.default";
 /// Namespace of the seed's pods.
 pub const POD_NAMESPACE: &str = "default";
 
+/// The chart needs an image repository; nothing pulls from it here (`.example` never resolves).
+const SANDBOX_IMAGES: &str = "registry.example/aadpodid";
 const VMSS: &str = "aks-nodepool1-vmss";
 const VM: &str = "aks-standalone-vm-0";
 /// The chart's cluster credential (adminsecret): a service principal registered in the simulator.
@@ -99,6 +102,8 @@ pub struct Config {
     pub mic_bin: PathBuf,
     /// The `nmi` binary.
     pub nmi_bin: PathBuf,
+    /// The `aadpodid` binary, run at the end of the walk (`aadpodid explain pod`).
+    pub cli_bin: PathBuf,
     /// Start the apiserver with an audit log at level Metadata (the RBAC test reads it).
     pub audit: bool,
     /// Extra `--set key=value` pairs for `helm install`.
@@ -117,7 +122,7 @@ impl Config {
             let dirs = [exe.parent(), exe.parent().and_then(Path::parent)];
             dirs.into_iter().flatten().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
                 fail("locating binaries")(format!(
-                    "no `{name}` next to {} (run `cargo build -p aadpodid-mic -p aadpodid-nmi`, or set {var})",
+                    "no `{name}` next to {} (run `cargo build -p aadpodid-mic -p aadpodid-nmi -p aadpodid-cli`, or set {var})",
                     exe.display()
                 ))
             })
@@ -125,6 +130,7 @@ impl Config {
         Ok(Self {
             mic_bin: find("AADPODID_MIC_BIN", "mic")?,
             nmi_bin: find("AADPODID_NMI_BIN", "nmi")?,
+            cli_bin: find("AADPODID_CLI_BIN", "aadpodid")?,
             audit: false,
             helm_set: Vec::new(),
         })
@@ -198,6 +204,7 @@ pub struct Sandbox {
     nodes: Vec<SandboxNode>,
     sim: RunningSim,
     cp: ControlPlane,
+    egress: EgressProxy,
     client: kube::Client,
     cfg: Config,
     identity: Option<IdentityInfo>,
@@ -225,7 +232,18 @@ impl Sandbox {
         sweep_stale_netns();
         let dir =
             tempfile::Builder::new().prefix("aadpodid-sandbox-").tempdir().map_err(|e| fail(step)(e.to_string()))?;
-        let cp = if cfg.audit { ControlPlane::start_audited().await } else { ControlPlane::start().await }
+        // The API server reaches the MIC and NMI pods (pod proxy) through this, as through
+        // konnectivity on a managed cluster.
+        let egress = EgressProxy::start().map_err(|e| fail("control plane")(format!("egress proxy: {e}")))?;
+        let tools =
+            tokio::task::spawn_blocking(Tools::locate).await.map_err(|e| fail("control plane")(e.to_string()))?;
+        let options = Options {
+            audit_metadata: cfg.audit,
+            egress_selector: Some(egress.selector_config()),
+            ..Options::default()
+        };
+        let cp = ControlPlane::start_with_options(tools.map_err(|e| fail("control plane")(e.to_string()))?, options)
+            .await
             .map_err(|e| fail("control plane")(e.to_string()))?;
         let client = cp.client();
         let sim = Simulator::start(SimConfig::default()).await.map_err(|e| fail("Azure simulator")(e.to_string()))?;
@@ -302,6 +320,7 @@ impl Sandbox {
             nodes,
             sim,
             cp,
+            egress,
             client,
             cfg,
             identity: None,
@@ -369,7 +388,30 @@ impl Sandbox {
                 )));
             }
         }
-        self.show_assigned().await
+        self.show_assigned().await?;
+        self.explain("myapp").await.map(drop)
+    }
+
+    /// `aadpodid explain pod <pod>`, with ARM checked through an azure.json made of the chart's
+    /// adminsecret; fails unless it finds the pod healthy. Its report.
+    pub async fn explain(&self, pod: &str) -> Result<String, Error> {
+        let step = format!("aadpodid explain pod {pod}");
+        let azure_json = self.dir().join("azure.json");
+        let config = json!({"cloud": "AzureStackCloud", "tenantId": self.sim.tenant_id(),
+            "subscriptionId": self.sim.subscription_id(), "aadClientId": MIC_SP_CLIENT_ID,
+            "aadClientSecret": self.mic_sp_secret, "resourceGroup": RESOURCE_GROUP, "vmType": "vmss"});
+        write_private(&azure_json, &config.to_string()).map_err(fail(&step))?;
+        println!();
+        note("azure.json: the chart's adminsecret as a file (not shown)");
+        say(&format!("aadpodid explain pod {pod} -n {POD_NAMESPACE} --azure-json azure.json"));
+        let mut cmd = tokio::process::Command::new(&self.cfg.cli_bin);
+        cmd.arg("--kubeconfig").arg(self.cp.kubeconfig_path()).args(["explain", "pod", pod, "-n", POD_NAMESPACE]);
+        cmd.arg("--azure-json").arg(&azure_json).arg("--azure-environment-file").arg(&self.env_file);
+        cmd.env("AADPODID_EXTRA_ROOT_CA_FILE", self.sim.ca_cert_pem_path()).stdin(std::process::Stdio::null());
+        cmd.kill_on_drop(true);
+        let out = output(cmd, "aadpodid").await.map_err(fail(&step))?;
+        print!("{out}");
+        Ok(out)
     }
 
     /// Step 1: `az identity create -g myresourcegroup -n myidentity -o json`, against the simulator.
@@ -410,6 +452,8 @@ impl Sandbox {
             "--create-namespace".to_owned(),
             "-f".to_owned(),
             values_path.display().to_string(),
+            "--set".to_owned(),
+            format!("image.repository={SANDBOX_IMAGES}"),
         ];
         for set in &self.cfg.helm_set {
             args.extend(["--set".to_owned(), set.clone()]);
@@ -418,6 +462,7 @@ impl Sandbox {
         note(
             "values: adminsecret = the simulator's tenant, subscription and a service principal; mic.customCloud = its Azure Stack environment file",
         );
+        note("image.repository: on a cluster, where hack/images.sh pushed the images; no kubelet pulls them here");
         let out = self.helm(&args).await.map_err(fail(step))?;
         print!("{out}");
         Ok(())
@@ -478,6 +523,7 @@ impl Sandbox {
             .get(&name)
             .await
             .map_err(|e| fail(step)(format!("the chart's Deployment {NAMESPACE}/{name}: {e}")))?;
+        let owner = pods::owned_by(&deploy);
         let spec = deploy.spec.ok_or_else(|| fail(step)("Deployment without spec".to_owned()))?;
         let replicas = spec.replicas.unwrap_or(1).max(1);
         println!();
@@ -508,6 +554,16 @@ impl Sandbox {
             let log = self.dir().join(format!("{pod_name}.log"));
             let proc = Proc::spawn(format!("mic {pod_name}"), None, &self.cfg.mic_bin, &args, &launch.env, log)
                 .map_err(fail(step))?;
+            let declared = workload::flag_value(&launch.args, "--http-probe-port").and_then(|p| p.parse().ok());
+            let pod = pods::ComponentPod {
+                namespace: NAMESPACE,
+                name: &pod_name,
+                node: &self.nodes[0].name,
+                ip: Ipv4Addr::new(10, 250, 0, u8::try_from(i + 2).unwrap_or(2)),
+                probe_port: declared.unwrap_or(8080),
+                target: EgressTarget::Host(SocketAddr::from((Ipv4Addr::LOCALHOST, probe_port))),
+            };
+            pods::report(&self.client, &self.egress, &spec.template, owner.clone(), &pod).await.map_err(fail(step))?;
             self.mics.push(MicReplica { pod_name, probe_port, proc });
         }
         let start = Instant::now();
@@ -551,6 +607,12 @@ impl Sandbox {
         self.mics.get_mut(index)?.proc.terminate(Duration::from_secs(10)).await
     }
 
+    /// Stops the NMI of node `index` with SIGTERM (its Pod object stays, as for a crashed
+    /// container); its exit status.
+    pub async fn stop_nmi(&mut self, index: usize) -> Option<std::process::ExitStatus> {
+        self.nmis.get_mut(index)?.terminate(Duration::from_secs(10)).await
+    }
+
     /// Runs the chart's NMI DaemonSet: one process per node, inside the node's network
     /// namespace, with the DaemonSet's args and environment, under its service account; waits
     /// until each is Active (iptables rules in place).
@@ -561,6 +623,7 @@ impl Sandbox {
             .get(&name)
             .await
             .map_err(|e| fail(step)(format!("the chart's DaemonSet {NAMESPACE}/{name}: {e}")))?;
+        let owner = pods::owned_by(&ds);
         let spec = ds.spec.ok_or_else(|| fail(step)("DaemonSet without spec".to_owned()))?;
         println!();
         note(&format!("no kubelet here: DaemonSet {name} runs as one `nmi` process in each node's network namespace"));
@@ -598,6 +661,18 @@ impl Sandbox {
             )
             .map_err(fail(step))?;
             let probe = workload::flag_value(&args, "--http-probe-port").unwrap_or("8080").to_owned();
+            let pod = pods::ComponentPod {
+                namespace: NAMESPACE,
+                name: &pod_name,
+                node: &node.name,
+                ip: node.net.gateway(),
+                probe_port: probe.parse().unwrap_or(8080),
+                target: EgressTarget::Netns {
+                    netns: node.net.ns.name().to_owned(),
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, probe.parse().unwrap_or(8080))),
+                },
+            };
+            pods::report(&self.client, &self.egress, &spec.template, owner.clone(), &pod).await.map_err(fail(step))?;
             self.nmis.push(proc);
             self.wait_nmi_active(i, &probe).await?;
         }
@@ -851,13 +926,15 @@ impl Sandbox {
         }
         let pod_ns = self.pods.first().map_or("<pod netns>", |p| p.net.ns.name());
         s += &format!(
-            "\nTry:\n  {kubectl} --kubeconfig {kc} get azureassignedidentities -A -o yaml\n  \
+            "\nTry:\n  {kubectl} --kubeconfig {kc} get azureassignedidentities -A\n  \
+             {cli} --kubeconfig {kc} doctor    # or: explain pod myapp\n  \
              ip netns exec {pod_ns} python3 -c 'from azure.identity import ManagedIdentityCredential as C; t = C().get_token(\"https://vault.azure.net/.default\"); print(len(t.token), t.expires_on)'\n  \
              ip netns exec {pod_ns} curl -s -H Metadata:true 'http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://database.windows.net/'\n  \
              ip netns exec {} iptables -t nat -S    # NMI's DNAT rules on a node\n  \
              curl -s {}/admin/state    # the simulator: which identities sit on which VM/VMSS\n\nLogs:\n",
             self.nodes[0].net.ns.name(),
             self.sim.arm_url().trim_end_matches('/'),
+            cli = self.cfg.cli_bin.display(),
         );
         for p in self.mics.iter().map(|m| &m.proc).chain(&self.nmis) {
             s += &format!("  {}: {}\n", p.what, p.log.display());
@@ -874,8 +951,8 @@ impl Sandbox {
         s
     }
 
-    /// Stops MIC and NMI with SIGTERM (NMI removes its iptables rules) as a helm uninstall
-    /// would; the exit statuses by process.
+    /// Stops MIC and NMI with SIGTERM (NMI removes its iptables rules) and deletes their Pod
+    /// objects, as a helm uninstall would; the exit statuses by process.
     pub async fn stop_components(&mut self) -> Vec<(String, Option<std::process::ExitStatus>)> {
         let grace = Duration::from_secs(10);
         let mut stopped = Vec::new();
@@ -884,6 +961,9 @@ impl Sandbox {
                 let status = p.terminate(grace).await;
                 stopped.push((p.what.clone(), status));
             }
+        }
+        if let Err(e) = pods::remove_all(&self.client, NAMESPACE).await {
+            eprintln!("sandbox: {e}");
         }
         stopped
     }

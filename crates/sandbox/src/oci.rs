@@ -39,7 +39,7 @@ pub struct RunConfig {
 
 /// One image archive, opened: the layout is extracted into a temporary directory.
 pub struct Archive {
-    /// `org.opencontainers.image.ref.name` of its only manifest, e.g. `docker.io/aadpodid/nmi:v1.8.17`.
+    /// `org.opencontainers.image.ref.name` of its only manifest, e.g. `localhost/aadpodid/nmi:v1.8.17`.
     pub reference: String,
     /// The runtime part of its config.
     pub config: RunConfig,

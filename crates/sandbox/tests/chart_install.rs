@@ -8,7 +8,7 @@
 //!
 //! Needs root (network namespaces, iptables), Python azure-identity and the control-plane
 //! tools (`bash hack/setup.sh`), and fresh `mic` and `nmi` binaries (`cargo test --workspace`
-//! builds them; alone, run `cargo build -p aadpodid-mic -p aadpodid-nmi` first).
+//! builds them; alone, run `cargo build -p aadpodid-mic -p aadpodid-nmi -p aadpodid-cli` first).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -145,7 +145,7 @@ fn step(text: &str) {
 fn config() -> Config {
     let mut cfg = Config::locate().unwrap_or_else(|e| panic!("{e}"));
     let root = aadpodid_testkit::repo_root();
-    let crates = ["mic", "nmi", "api", "azure", "runtime"].map(|c| root.join("crates").join(c));
+    let crates = ["mic", "nmi", "cli", "api", "azure", "runtime"].map(|c| root.join("crates").join(c));
     let newest_source = crates
         .iter()
         .flat_map(|c| {
@@ -153,12 +153,12 @@ fn config() -> Config {
         })
         .max()
         .flatten();
-    for bin in [&cfg.mic_bin, &cfg.nmi_bin] {
+    for bin in [&cfg.mic_bin, &cfg.nmi_bin, &cfg.cli_bin] {
         let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
         assert!(
             built.is_some() && built >= newest_source,
-            "{} is older than its sources: run `cargo build -p aadpodid-mic -p aadpodid-nmi` (or the whole \
-             `cargo test --workspace`) first",
+            "{} is older than its sources: run `cargo build -p aadpodid-mic -p aadpodid-nmi -p aadpodid-cli` (or \
+             the whole `cargo test --workspace`) first",
             bin.display()
         );
     }
@@ -203,6 +203,11 @@ async fn chart_install_rbac_is_enough_and_not_too_much_and_uninstall_leaves_noth
     }
     let mut sb = Sandbox::start(config()).await.unwrap_or_else(|e| panic!("{e}"));
     let client = sb.client();
+
+    step("helm install without an image fails and says how to build and set one");
+    let args = ["install", RELEASE, aadpodid_sandbox::CHART, "--namespace", NAMESPACE, "--create-namespace"];
+    let err = sb.helm(&args.map(str::to_owned)).await.expect_err("the chart has no default image");
+    assert!(err.contains("hack/images.sh") && err.contains("--set image.repository="), "{err}");
 
     step("the seed's flow under the chart's service accounts");
     if let Err(e) = sb.seed_flow().await {

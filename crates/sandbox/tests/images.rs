@@ -80,7 +80,7 @@ fn in_ns(ns: &Namespace, program: &str, args: &[&str]) -> Output {
 #[test]
 fn mic_image_runs_mic_as_nonroot_without_a_shell() {
     let image = Unpacked::new("mic");
-    assert_eq!(image.archive.reference.rsplit_once(':').map(|r| r.0), Some("docker.io/aadpodid/mic"));
+    assert_eq!(image.archive.reference.rsplit_once(':').map(|r| r.0), Some("localhost/aadpodid/mic"));
     assert_eq!(image.archive.config.entrypoint, ["/usr/bin/mic"]);
     assert_eq!(image.archive.config.user, "65532:65532");
     let out = image.run(&image.entrypoint(&["--help"]));
@@ -95,7 +95,7 @@ fn mic_image_runs_mic_as_nonroot_without_a_shell() {
 #[test]
 fn nmi_image_runs_nmi() {
     let image = Unpacked::new("nmi");
-    assert_eq!(image.archive.reference.rsplit_once(':').map(|r| r.0), Some("docker.io/aadpodid/nmi"));
+    assert_eq!(image.archive.reference.rsplit_once(':').map(|r| r.0), Some("localhost/aadpodid/nmi"));
     assert_eq!(image.archive.config.entrypoint, ["/usr/bin/nmi"]);
     let out = image.run(&image.entrypoint(&["--help"]));
     assert!(out.status.success(), "nmi --help in the image: {}", text(&out));

@@ -42,6 +42,9 @@ pub struct Options {
     /// volume; only for clusters where a controller manager creates the default accounts and
     /// publishes `kube-root-ca.crt` (the sandbox's kubelet nodes).
     pub service_account_admission: bool,
+    /// `EgressSelectorConfiguration` YAML ([`crate::EgressProxy::selector_config`]): the
+    /// API server reaches pods (`pods/proxy`) through that proxy.
+    pub egress_selector: Option<String>,
 }
 
 /// A running kube-apiserver backed by its own etcd. See the crate docs for what it lacks.
@@ -131,6 +134,11 @@ impl ControlPlane {
             write(&policy, AUDIT_POLICY)?;
             args.push(format!("--audit-policy-file={}", policy.display()));
             args.push(format!("--audit-log-path={}", dir.path().join(AUDIT_LOG).display()));
+        }
+        if let Some(egress) = &options.egress_selector {
+            let file = dir.path().join("egress-selector.yaml");
+            write(&file, egress)?;
+            args.push(format!("--egress-selector-config-file={}", file.display()));
         }
         let mut apiserver =
             Proc::spawn("kube-apiserver", &tools.kube_apiserver, &args, dir.path().join("apiserver.log"))?;

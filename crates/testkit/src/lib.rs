@@ -40,6 +40,7 @@
 mod certs;
 mod controlplane;
 mod crds;
+mod egress;
 mod error;
 mod namespace;
 pub mod netns;
@@ -49,6 +50,7 @@ mod wait;
 
 pub use controlplane::{ControlPlane, KUBERNETES_SERVICE_IP, Options, shared};
 pub use crds::install_crds;
+pub use egress::{EgressProxy, Target as EgressTarget};
 pub use error::Error;
 pub use namespace::{TEMP_NAMESPACE_LABEL, TempNamespace, with_temp_ns};
 pub use tools::{Tools, repo_root};

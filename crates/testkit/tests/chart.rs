@@ -11,6 +11,8 @@ use aadpodid_testkit::{Tools, repo_root};
 
 const RELEASE: &str = "aadpodid";
 const NAMESPACE: &str = "aadpodid-system";
+/// The chart has no default image; every rendering here sets one (`.example` never resolves).
+const IMAGE: &str = "image.repository=registry.example/aadpodid";
 
 fn chart() -> PathBuf {
     repo_root().join("charts/aad-pod-identity")
@@ -36,7 +38,7 @@ fn template(sets: &[&str]) -> String {
 
 fn try_template(sets: &[&str]) -> Result<String, String> {
     let chart = chart();
-    let mut args = vec!["template", RELEASE, chart.to_str().unwrap(), "--namespace", NAMESPACE];
+    let mut args = vec!["template", RELEASE, chart.to_str().unwrap(), "--namespace", NAMESPACE, "--set", IMAGE];
     for set in sets {
         args.push("--set");
         args.push(set);
@@ -49,7 +51,8 @@ fn template_with_file(values: &str) -> String {
     let file = dir.path().join("values.yaml");
     std::fs::write(&file, values).unwrap();
     let chart = chart();
-    helm(&["template", RELEASE, chart.to_str().unwrap(), "--namespace", NAMESPACE, "-f", file.to_str().unwrap()])
+    let file = file.to_str().unwrap();
+    helm(&["template", RELEASE, chart.to_str().unwrap(), "--namespace", NAMESPACE, "--set", IMAGE, "-f", file])
         .unwrap_or_else(|e| panic!("helm template -f failed:\n{e}"))
 }
 
@@ -122,7 +125,8 @@ fn lint_passes() {
         "forceNamespaced=true",
         "rbac.createUserFacingClusterRoles=true",
     ] {
-        let out = helm(&["lint", chart, "--set", sets]).unwrap_or_else(|e| panic!("helm lint --set {sets}:\n{e}"));
+        let out = helm(&["lint", chart, "--set", IMAGE, "--set", sets])
+            .unwrap_or_else(|e| panic!("helm lint --set {sets}:\n{e}"));
         assert!(out.contains("0 chart(s) failed"), "{out}");
     }
 }
@@ -154,6 +158,22 @@ fn golden_templates() {
         "{}\nif the change is intended, run `UPDATE_GOLDEN=1 cargo test -p aadpodid-testkit --test chart` and review the diff",
         failures.join("\n")
     );
+}
+
+#[test]
+fn without_an_image_rendering_fails_and_says_how_to_build_and_set_one() {
+    let chart = chart();
+    for args in [
+        vec!["template", RELEASE, chart.to_str().unwrap()],
+        vec!["template", RELEASE, chart.to_str().unwrap(), "--set", "operationMode=managed"],
+    ] {
+        let err = helm(&args).expect_err("no default image");
+        for want in ["image.repository is not set", "hack/images.sh", "--set image.repository="] {
+            assert!(err.contains(want), "{args:?}: {want:?} missing from:\n{err}");
+        }
+    }
+    let rendered = template(&["image.repository=registry.example/aadpodid/"]);
+    assert!(rendered.contains("image: \"registry.example/aadpodid/nmi:v1.8.17\""), "a trailing slash is dropped");
 }
 
 #[test]
@@ -197,7 +217,7 @@ fn standard_mode_renders_mic_and_nmi() {
         "runAsUser: 0",
         "readOnlyRootFilesystem: true",
         "path: /healthz\n              port: 8080",
-        "image: \"aadpodid/mic:v1.8.17\"",
+        "image: \"registry.example/aadpodid/mic:v1.8.17\"",
     ] {
         assert!(mic.text.contains(want), "MIC Deployment lacks {want:?}:\n{}", mic.text);
     }
@@ -432,7 +452,7 @@ fn azure_identity_requires_resource_id() {
     std::fs::write(&file, "azureIdentities:\n  x:\n    type: 0\n    clientID: c\n    binding:\n      selector: s\n")
         .unwrap();
     let chart = chart();
-    let err = helm(&["template", RELEASE, chart.to_str().unwrap(), "-f", file.to_str().unwrap()])
+    let err = helm(&["template", RELEASE, chart.to_str().unwrap(), "--set", IMAGE, "-f", file.to_str().unwrap()])
         .expect_err("resourceID is required for type 0");
     assert!(err.contains("resourceID is required"), "{err}");
 }
@@ -538,6 +558,8 @@ fn psps_render_only_where_the_api_exists() {
             chart.to_str().unwrap(),
             "--set",
             &set,
+            "--set",
+            IMAGE,
             "--api-versions",
             "policy/v1beta1/PodSecurityPolicy",
         ];
@@ -565,6 +587,8 @@ fn pdb_api_version_follows_the_cluster() {
             chart.to_str().unwrap(),
             "--kube-version",
             kube,
+            "--set",
+            IMAGE,
             "--set",
             "mic.podDisruptionBudget.minAvailable=1",
             "--show-only",

@@ -149,3 +149,59 @@ async fn a_failed_start_reports_the_log_tail_and_leaves_nothing_behind() {
     let dir = std::path::Path::new(log).parent().unwrap();
     assert!(dir.starts_with(std::env::temp_dir()) && !dir.exists(), "{} is removed", dir.display());
 }
+
+/// `pods/proxy` as on a real cluster: the API server dials the pod's IP through the egress
+/// proxy, which reaches a server of this process; an unrouted pod address is a clean error.
+#[tokio::test]
+async fn the_pod_proxy_reaches_pods_through_the_egress_proxy() {
+    use aadpodid_testkit::{EgressProxy, EgressTarget, Options, Tools};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let egress = EgressProxy::start().unwrap();
+    let options = Options { egress_selector: Some(egress.selector_config()), ..Options::default() };
+    let cp = ControlPlane::start_with_options(Tools::locate().unwrap(), options).await.unwrap();
+    // Without kube's default retries: the unrouted case answers 503, retried for minutes otherwise.
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cp.kubeconfig_path()).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nActive").await;
+        }
+    });
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "example.invalid/c"}]},
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status =
+        serde_json::json!({"status": {"phase": "Running", "podIP": "10.250.0.2", "podIPs": [{"ip": "10.250.0.2"}]}});
+    pods.patch_status("probe", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    egress.route("10.250.0.2:8080".parse().unwrap(), EgressTarget::Host(local));
+
+    let get = |port: u16| {
+        let req = http::Request::get(format!("/api/v1/namespaces/default/pods/probe:{port}/proxy/healthz"))
+            .body(Vec::new())
+            .unwrap();
+        let client = client.clone();
+        async move { client.request_text(req).await }
+    };
+    assert_eq!(get(8080).await.unwrap(), "Active");
+    match get(9999).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 503, "{status:?}"),
+        other => panic!("no route for that port: {other:?}"),
+    }
+}
