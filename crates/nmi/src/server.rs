@@ -175,11 +175,11 @@ async fn dispatch(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<
         Route::Redirect(to) => redirect(&to),
         Route::Token => {
             let (parts, _) = req.into_parts();
-            measured(&state, &path, parts.uri.query(), token(&state, peer, &parts)).await
+            measured(&state, &path, peer, parts.uri.query(), token(&state, peer, &parts)).await
         }
         Route::HostToken => {
             let (parts, _) = req.into_parts();
-            measured(&state, &path, parts.uri.query(), host_token(&state, peer, &parts)).await
+            measured(&state, &path, peer, parts.uri.query(), host_token(&state, peer, &parts)).await
         }
         Route::InvalidRequest => NmiError::InvalidRequest.into_response(),
         Route::InstanceBlocked => NmiError::InstanceBlocked.into_response(),
@@ -207,37 +207,102 @@ fn redirect(to: &str) -> Response {
     }
 }
 
-/// Runs a token or host handler, records the original's histogram and logs the outcome.
+/// Runs a token or host handler, records the original's histogram, and writes the request's
+/// audit line.
 async fn measured(
     state: &AppState,
     path: &str,
+    peer: SocketAddr,
     query: Option<&str>,
-    handler: impl Future<Output = (Option<String>, Result<Response, NmiError>)>,
+    handler: impl Future<Output = (Audit, Result<Response, NmiError>)>,
 ) -> Response {
     let started = Instant::now();
-    let (namespace, result) = handler.await;
-    let response = match result {
-        Ok(res) => res,
+    let (audit, result) = handler.await;
+    let resource = query::parse_token_query(query).map(|q| q.resource).unwrap_or_default();
+    let (response, refusal) = match result {
+        Ok(res) => (res, None),
         Err(err) => {
-            tracing::warn!(path, namespace = namespace.as_deref(), status = err.status().as_u16(), error = %err, "Token request refused");
-            err.into_response()
+            let reason = err.to_string();
+            (err.into_response(), Some(reason))
         }
     };
-    let resource = query::parse_token_query(query).map(|q| q.resource).unwrap_or_default();
-    let status = response.status().as_u16().to_string();
-    state.metrics.observe_operation(
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    let namespace = audit.pod.as_ref().map(|(ns, _)| ns.as_str()).unwrap_or_default();
+    state.metrics.observe_operation(path, &status.to_string(), namespace, &resource, elapsed.as_secs_f64());
+    audit.write(&AuditOutcome {
         path,
-        &status,
-        namespace.as_deref().unwrap_or_default(),
-        &resource,
-        started.elapsed().as_secs_f64(),
-    );
+        caller: peer.ip(),
+        resource: &resource,
+        status,
+        refusal: refusal.as_deref(),
+        elapsed,
+    });
     response
+}
+
+/// Who asked and for which identity, as far as the handler got: the audit line's subject.
+#[derive(Debug, Default)]
+struct Audit {
+    /// (namespace, name) of the calling pod, once found.
+    pod: Option<(String, String)>,
+    /// The identity chosen for the pod, with its client ID (redacted when written).
+    identity: Option<(String, String)>,
+    /// Where the token came from when not from the pod's own identity.
+    source: Option<&'static str>,
+}
+
+/// How a token request ended.
+struct AuditOutcome<'a> {
+    path: &'a str,
+    caller: IpAddr,
+    resource: &'a str,
+    status: u16,
+    /// The refusal's message (never a token: errors carry none).
+    refusal: Option<&'a str>,
+    elapsed: Duration,
+}
+
+/// Numbers token requests on this node; with the process's start time, unique across restarts.
+static REQUEST_SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_request_id() -> String {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let boot = *BOOT
+        .get_or_init(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let n = REQUEST_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{boot:x}-{n}")
+}
+
+impl Audit {
+    /// One line per token decision, target `aadpodid_nmi::audit`: request id, caller IP, pod,
+    /// identity and redacted client ID, resource, outcome and latency. Never the token.
+    fn write(&self, outcome: &AuditOutcome<'_>) {
+        let pod = self.pod.as_ref().map(|(ns, name)| format!("{ns}/{name}"));
+        let (identity, client_id) = match &self.identity {
+            Some((name, client_id)) => (Some(name.as_str()), Some(redact_client_id(client_id))),
+            None => (None, None),
+        };
+        let outcome_word = if outcome.refusal.is_none() { "served" } else { "refused" };
+        let latency_ms = u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX);
+        if let Some(reason) = outcome.refusal {
+            tracing::warn!(target: "aadpodid_nmi::audit", request_id = %next_request_id(), caller = %outcome.caller,
+                pod = pod.as_deref(), identity, client_id = client_id.as_deref(), source = self.source,
+                path = outcome.path, resource = outcome.resource, outcome = outcome_word, status = outcome.status,
+                reason, latency_ms, "Token request");
+        } else {
+            tracing::info!(target: "aadpodid_nmi::audit", request_id = %next_request_id(), caller = %outcome.caller,
+                pod = pod.as_deref(), identity, client_id = client_id.as_deref(), source = self.source,
+                path = outcome.path, resource = outcome.resource, outcome = outcome_word, status = outcome.status,
+                latency_ms, "Token request");
+        }
+    }
 }
 
 // === Token endpoint ===
 
-async fn token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<String>, Result<Response, NmiError>) {
+async fn token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Audit, Result<Response, NmiError>) {
+    let mut audit = Audit::default();
     let early = (|| {
         query::check_metadata_header(&req.headers, state.config.metadata_header_required)?;
         query::check_not_forwarded(&req.headers)?;
@@ -246,33 +311,38 @@ async fn token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<Strin
     })();
     let (ip, q) = match early {
         Ok(v) => v,
-        Err(err) => return (None, Err(err)),
+        Err(err) => return (audit, Err(err)),
     };
     let pod = match find_pod(state, ip).await {
         Ok(pod) => pod,
-        Err(err) => return (None, Err(err)),
+        Err(err) => return (audit, Err(err)),
     };
-    let result = token_for_pod(state, &pod, &q).await;
-    (Some(pod.namespace), result)
+    audit.pod = Some((pod.namespace.clone(), pod.name.clone()));
+    let result = token_for_pod(state, &pod, &q, &mut audit).await;
+    (audit, result)
 }
 
-async fn token_for_pod(state: &AppState, pod: &PodView, q: &TokenQuery) -> Result<Response, NmiError> {
+async fn token_for_pod(
+    state: &AppState,
+    pod: &PodView,
+    q: &TokenQuery,
+    audit: &mut Audit,
+) -> Result<Response, NmiError> {
     let exceptions = state.node.exceptions(&pod.namespace);
     if select::is_bypassed(pod, &exceptions, state.config.mic.as_ref()) {
+        audit.source = Some("node IMDS (excepted pod)");
         let client_id = q.identity.client_id.as_deref();
         let token = state.tokens.node_token(client_id, &q.resource).await.map_err(|e| match e {
             TokenFailure::Refused(m) | TokenFailure::Unavailable(m) => NmiError::BypassFailed(m),
             TokenFailure::Throttled { message, retry_after_secs } => NmiError::Throttled { message, retry_after_secs },
         })?;
-        tracing::info!(pod = %pod.name, namespace = %pod.namespace, resource = %q.resource, "Token for excepted pod from node IMDS");
         return Ok(json_response(&token));
     }
     let identity = identities(state, (&pod.namespace, &pod.name), &q.identity, &q.resource)
         .await
         .map_err(|message| NmiError::IdentityNotFound { message, retry_after: state.config.set_retry_after_header })?;
+    audit.identity = Some((identity.name.clone(), identity.client_id().to_owned()));
     let tokens = fetch_tokens(state, &identity, &q.resource).await?;
-    tracing::info!(pod = %pod.name, namespace = %pod.namespace, identity = %identity.name,
-        client_id = %redact_client_id(identity.client_id()), resource = %q.resource, "Token served");
     Ok(match tokens.as_slice() {
         [one] => json_response(one),
         many => json_response(&many),
@@ -406,13 +476,15 @@ fn json_response<T: serde::Serialize>(value: &T) -> Response {
 
 // === Host endpoint ===
 
-async fn host_token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Option<String>, Result<Response, NmiError>) {
+async fn host_token(state: &AppState, peer: SocketAddr, req: &Parts) -> (Audit, Result<Response, NmiError>) {
+    let mut audit = Audit { source: Some("host endpoint"), ..Audit::default() };
     let (ns, name) = match query::host_pod_headers(&req.headers) {
         Ok(v) => v,
-        Err(err) => return (None, Err(err)),
+        Err(err) => return (audit, Err(err)),
     };
-    let result = host_token_for(state, peer, req, (&ns, &name)).await;
-    (Some(ns), result)
+    let result = host_token_for(state, peer, req, (&ns, &name), &mut audit).await;
+    audit.pod = Some((ns, name));
+    (audit, result)
 }
 
 async fn host_token_for(
@@ -420,6 +492,7 @@ async fn host_token_for(
     peer: SocketAddr,
     req: &Parts,
     pod: (&str, &str),
+    audit: &mut Audit,
 ) -> Result<Response, NmiError> {
     if peer.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) {
         return Err(NmiError::NotFromHost);
@@ -428,6 +501,7 @@ async fn host_token_for(
     let identity = identities(state, pod, &q.identity, &q.resource)
         .await
         .map_err(|message| NmiError::IdentityNotFound { message, retry_after: false })?;
+    audit.identity = Some((identity.name.clone(), identity.client_id().to_owned()));
     let tokens = fetch_tokens(state, &identity, &q.resource).await?;
     let first = tokens.into_iter().next().unwrap_or_default();
     Ok(json_response(&serde_json::json!({ "token": first, "clientid": identity.client_id() })))

@@ -186,6 +186,99 @@ async fn assigned_identity_gets_an_imds_shaped_token() {
     }
 }
 
+/// Everything written through `tracing` while it lives, as plain text without colour.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    /// Installed as the global subscriber, once for this test binary: a thread-scoped one
+    /// misses events whose callsites other tests' threads registered first.
+    fn global() -> Self {
+        static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Self::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("only this test sets a subscriber");
+            logs
+        })
+        .clone()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The audit lines whose caller is `ip` (other tests run at the same time).
+    fn audit_lines(&self, ip: &str) -> Vec<String> {
+        let caller = format!("caller={ip} ");
+        self.text()
+            .lines()
+            .filter(|l| l.contains("aadpodid_nmi::audit") && l.contains(&caller))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn every_token_decision_is_one_audit_line_without_the_token() {
+    const AUDITED_IP: &str = "10.244.77.7";
+    const UNKNOWN_IP: &str = "10.244.77.8";
+    let logs = CapturedLogs::global();
+    let h = harness(fast_config());
+    h.node.pods.lock().unwrap()[0].ip = AUDITED_IP.parse().ok();
+    h.assign(AssignedIdentityState::Assigned, "id-a", "9a8b7c6d-1111-2222-3333-444455556666");
+    let (status, _, body) = h.call(AUDITED_IP, get_req(TOKEN_URI, true)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = h.call(AUDITED_IP, get_req(&format!("{TOKEN_URI}&client_id=someone-else"), true)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = h.call(UNKNOWN_IP, get_req(TOKEN_URI, true)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+
+    let lines = logs.audit_lines(AUDITED_IP);
+    assert_eq!(lines.len(), 2, "one line per request: {lines:#?}");
+    let served = &lines[0];
+    for field in [
+        " INFO ",
+        "request_id=",
+        "pod=\"apps/demo\"",
+        "identity=\"id-a\"",
+        "client_id=\"9a8b##### REDACTED #####6666\"",
+        "resource=\"https://vault.azure.net\"",
+        "outcome=\"served\"",
+        "status=200",
+        "latency_ms=",
+    ] {
+        assert!(served.contains(field), "{field} missing from {served}");
+    }
+    let refused = &lines[1];
+    assert!(refused.contains(" WARN ") && refused.contains("outcome=\"refused\"") && refused.contains("status=404"));
+    assert!(refused.contains("pod=\"apps/demo\"") && refused.contains("reason="), "{refused}");
+    let unknown = logs.audit_lines(UNKNOWN_IP);
+    assert_eq!(unknown.len(), 1, "{unknown:#?}");
+    assert!(unknown[0].contains("status=500") && !unknown[0].contains("pod="), "{}", unknown[0]);
+    let request_id = |l: &String| l.split("request_id=").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let ids: std::collections::HashSet<_> = lines.iter().chain(&unknown).map(request_id).collect();
+    assert_eq!(ids.len(), 3, "request ids are distinct");
+    let everything = logs.text();
+    assert!(!everything.contains("token-for-"), "no token is ever logged");
+    assert!(!everything.contains("1111-2222-3333"), "no full client ID is ever logged");
+}
+
 #[tokio::test]
 async fn trailing_slash_and_capitalised_first_segment_are_served() {
     let h = harness(fast_config());
