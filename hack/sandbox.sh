@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local sandbox (run as root on a Debian machine): installs what is missing, builds our MIC
-# and NMI, then walks the seed's steps on real parts — a real kube-apiserver + etcd, the Azure
+# and NMI, then walks the getting-started steps on real parts — a real kube-apiserver + etcd, the Azure
 # simulator (ARM, Azure AD, one IMDS per node), `helm install` of charts/aad-pod-identity into
 # aad-broker, MIC and NMI running under the chart's service accounts with the chart's args, two
 # network-namespace nodes (a VMSS instance and a VM) and a pod on each whose Python SDK gets a

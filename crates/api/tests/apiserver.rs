@@ -313,7 +313,7 @@ async fn the_seed_identityconfig_folder_applies_as_the_walkthrough_does() {
         let pod = Api::<Pod>::namespaced(client.clone(), &ns).get("myapp").await.unwrap();
         assert_eq!(pod.metadata.labels.unwrap()[aadpodid_api::names::POD_LABEL_KEY], "myidentity");
 
-        // Step 5 of the walkthrough, with the kind spelled as the seed spells it.
+        // Step 5 of the walkthrough, with the kind spelled as old tutorials spell it.
         let out = kubectl(&["get", "AzureAssignedIdentities", "--all-namespaces"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     })

@@ -10,7 +10,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// `tiny` proves the benchmarks start and finish (CI); `full` is the sizes.
+    /// `tiny` proves the benchmarks start and finish (CI); `full` is the sizes the targets are set for.
     #[arg(long, value_enum, default_value = "full")]
     size: Size,
     /// Repetitions per measurement (medians are reported).

@@ -1,5 +1,5 @@
 //! The results table: medians of repeated runs, ours against the original (and, for NMI, the
-//! floor server), each row checked against its target from the issue.
+//! floor server), each row checked against its target.
 
 use std::fmt::Write as _;
 

@@ -74,7 +74,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "mic".to_owned())
 }
 
-/// The original MIC's flags (§2.1), spelled exactly as it spells them.
+/// The original MIC's flags, spelled exactly as it spells them.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "mic",

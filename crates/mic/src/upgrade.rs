@@ -1,4 +1,4 @@
-//! The original's one-time "type upgrade" (§1.6), run when MIC becomes leader: rewrite every
+//! The original's one-time "type upgrade", run when MIC becomes leader: rewrite every
 //! AzureIdentity, AzureIdentityBinding and AzurePodIdentityException in lower camel case
 //! (our types read both casings and write only lower camel), point every
 //! AzureAssignedIdentity's embedded copies at the rewritten objects, and record the upgrade

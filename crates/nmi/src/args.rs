@@ -1,4 +1,4 @@
-//! NMI's command line: the original's flag spellings and defaults (upstream §3.1), a
+//! NMI's command line: the original's flag spellings and defaults, a
 //! compatibility contract since DaemonSets pass them. Go's `-name` and `--bool=false` forms
 //! are accepted after `aadpodid_runtime::goflags::normalize_args`.
 

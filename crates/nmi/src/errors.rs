@@ -1,5 +1,5 @@
 //! Every way an NMI request can fail, and the one exhaustive mapping to the wire: the
-//! original's status codes and texts (upstream §3.5, §3.9), which clients' retry logic reads.
+//! original's status codes and texts, which clients' retry logic reads.
 //!
 //! Never logs (a response-logging layer does) and never carries a token, secret or assertion.
 

@@ -1,4 +1,4 @@
-//! The `nat` rules that send pods' IMDS traffic to NMI (upstream §3.3): chain `aad-metadata`
+//! The `nat` rules that send pods' IMDS traffic to NMI: chain `aad-metadata`
 //! with exactly one DNAT rule and a RETURN, jumped to from PREROUTING position 1; checked and
 //! repaired every interval, never duplicated, removed on shutdown. Shells out to `iptables`
 //! like the original (and kube-proxy).
@@ -185,7 +185,7 @@ pub async fn delete_conntrack(metadata_ip: Ipv4Addr, metadata_port: u16) -> Resu
     }
 }
 
-/// The kubenet guard (upstream §3.2): a read error is fatal; `--network-plugin=kubenet` in the
+/// The kubenet guard: a read error is fatal; `--network-plugin=kubenet` in the
 /// kubelet config is fatal with the original's text.
 pub fn kubenet_guard(kubelet_config: &str) -> Result<(), String> {
     if kubelet_config.contains("--network-plugin=kubenet") {

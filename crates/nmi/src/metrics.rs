@@ -1,4 +1,4 @@
-//! The original's NMI metrics (upstream §3.11, §4): exact names, labels and buckets, counters
+//! The original's NMI metrics: exact names, labels and buckets, counters
 //! without `_total` (hence the `prometheus` crate). A labelled series appears on first use,
 //! as the original's OpenCensus views did.
 

@@ -1,4 +1,4 @@
-//! The token JSON NMI answers with: IMDS's shape, every value a string (upstream §3.5), plus
+//! The token JSON NMI answers with: IMDS's shape, every value a string, plus
 //! `client_id` as real IMDS sends it (a deliberate difference).
 //!
 //! The type itself is `aadpodid_azure::token::Token` (its `Debug` never prints the access token);

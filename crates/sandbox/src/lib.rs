@@ -1,4 +1,4 @@
-//! # aadpodid-sandbox: the seed's walkthrough on real parts, on one machine
+//! # aadpodid-sandbox: the getting-started walkthrough on real parts, on one machine
 //!
 //! ```text
 //!  kube-apiserver + etcd (testkit) ◄── helm install pod-identity charts/aad-pod-identity (aad-broker)
@@ -46,19 +46,19 @@ use serde_json::{Value, json};
 
 pub use workload::Proc;
 
-/// The Helm release name the seed uses.
+/// The Helm release name of the walkthrough.
 pub const RELEASE: &str = "pod-identity";
-/// The namespace the seed installs into and keeps its identities in.
+/// The namespace the walkthrough installs into and keeps its identities in.
 pub const NAMESPACE: &str = "aad-broker";
 /// The chart, relative to the repository root.
 pub const CHART: &str = "charts/aad-pod-identity";
-/// The seed's resource group, for the identity and (as it advises) the cluster nodes.
+/// The walkthrough's resource group, for the identity and (as it advises) the cluster nodes.
 pub const RESOURCE_GROUP: &str = "myresourcegroup";
-/// The seed's identity name, also the AzureIdentity name and the binding's selector.
+/// The walkthrough's identity name, also the AzureIdentity name and the binding's selector.
 pub const IDENTITY: &str = "myidentity";
-/// The resource the seed's pod asks a token for (an Azure SQL database).
+/// The resource the walkthrough's pod asks a token for (an Azure SQL database).
 pub const TOKEN_SCOPE: &str = "https://database.windows.net/.default";
-/// Namespace of the seed's pods.
+/// Namespace of the walkthrough's pods.
 pub const POD_NAMESPACE: &str = "default";
 
 /// The chart needs an image repository; nothing pulls from it here (`.example` never resolves).
@@ -702,7 +702,7 @@ impl Sandbox {
         }
     }
 
-    /// Step 3: the seed's identityconfig/ (examples/identityconfig) with the identity of step 1,
+    /// Step 3: the walkthrough's identityconfig/ (examples/identityconfig) with the identity of step 1,
     /// `kubectl apply -f identityconfig/ -n aad-broker`.
     pub async fn apply_identityconfig(&self) -> Result<(), Error> {
         let step = "kubectl apply -f identityconfig/";

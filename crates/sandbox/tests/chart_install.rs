@@ -1,5 +1,5 @@
 //! `helm install` of charts/aad-pod-identity into a real apiserver (audit log at level
-//! Metadata), our MIC and NMI run under the chart's service accounts through the seed's flow
+//! Metadata), our MIC and NMI run under the chart's service accounts through the walkthrough's flow
 //! and the flows that need the rest of their RBAC, then:
 //! - RBAC enough: the flows work and no request of either service account was forbidden;
 //! - RBAC not too much: every (apiGroup, resource, verb) the chart grants them was used, except
@@ -209,7 +209,7 @@ async fn chart_install_rbac_is_enough_and_not_too_much_and_uninstall_leaves_noth
     let err = sb.helm(&args.map(str::to_owned)).await.expect_err("the chart has no default image");
     assert!(err.contains("hack/images.sh") && err.contains("--set image.repository="), "{err}");
 
-    step("the seed's flow under the chart's service accounts");
+    step("the walkthrough under the chart's service accounts");
     if let Err(e) = sb.seed_flow().await {
         panic!("{e}\n{}", sb.log_tails(30));
     }

@@ -1,5 +1,5 @@
-//! Bearer tokens for ARM: the service principal of azure.json or the node's managed identity
-//! (§2.9), cached until five minutes before expiry with a single flight for concurrent callers.
+//! Bearer tokens for ARM: the service principal of azure.json or the node's managed identity,
+//! cached until five minutes before expiry with a single flight for concurrent callers.
 //! Never logs the token or the secret.
 
 use std::fmt;

@@ -1,5 +1,5 @@
 //! ARM calls MIC makes on nodes: read a VM's or scale set's identities and attach/detach
-//! user-assigned identities exactly as the original did (§2.7 of the spec): delta PATCHes of at
+//! user-assigned identities exactly as the original did: delta PATCHes of at
 //! most 150 entries, long-running operations awaited, `Retry-After` blocking per operation,
 //! pruning of identities ARM rejects. The resource group always comes from the cloud config.
 //!

@@ -1,4 +1,4 @@
-//! Pure decisions of the identity update (§2.7 of the spec): the delta over lower-cased IDs,
+//! Pure decisions of the identity update: the delta over lower-cased IDs,
 //! the identity-type transitions, the 150-entry chunks, bad-identity extraction from ARM error
 //! text and `Retry-After` parsing. No I/O, no clock (time comes in as an argument).
 

@@ -1,4 +1,4 @@
-//! `sandbox`: the seed's walkthrough end to end on real parts (see the library docs).
+//! `sandbox`: the getting-started walkthrough end to end on real parts (see the library docs).
 //! `bash hack/sandbox.sh` builds MIC and NMI, then runs this; `--stay-up` keeps it running.
 
 use std::time::Instant;
