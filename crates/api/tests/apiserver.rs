@@ -285,7 +285,7 @@ async fn capitalised_names_survive_a_write() {
 }
 
 #[tokio::test]
-async fn the_seed_identityconfig_folder_applies_as_the_walkthrough_does() {
+async fn the_identityconfig_folder_applies_as_the_walkthrough_does() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     with_crds(|client, ns| async move {
         let dir = examples.join("identityconfig");

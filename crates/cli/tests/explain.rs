@@ -266,14 +266,14 @@ async fn an_identity_missing_from_the_node_is_found_on_arm_and_a_healthy_pod_say
         let x = explain(&client, &az.args("app", &ns)).await;
         assert!(!x.healthy());
         let t = text(&x);
-        assert!(t.contains(&format!("ARM: the identity is NOT attached to vmss/{vmss} although MIC paired it")), "{t}");
+        assert!(t.contains(&format!("ARM: the identity is NOT attached to vmss {vmss} although MIC paired it")), "{t}");
         assert!(t.contains(&format!("AzureAssignedIdentity app-{ns}-myidentity is Assigned on node {node}")), "{t}");
 
         az.attach(&vmss).await;
         let x = explain(&client, &az.args("app", &ns)).await;
         let t = text(&x);
         assert!(x.healthy(), "{t}");
-        assert!(t.contains(&format!("ARM: the identity is attached to vmss/{vmss}")), "{t}");
+        assert!(t.contains(&format!("ARM: the identity is attached to vmss {vmss}")), "{t}");
         assert!(t.contains(&format!("NMI answers a token request with AzureIdentity {ns}/myidentity")), "{t}");
         assert!(t.contains(&format!("Healthy: pod {ns}/app gets its identity from NMI.")), "{t}");
     })

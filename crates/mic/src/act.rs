@@ -7,8 +7,6 @@
 //! patch `Unassigned` and drop the finalizer in one request, then delete.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +15,8 @@ use aadpodid_api::{
     AssignedIdentityState, AzureAssignedIdentity, AzureAssignedIdentitySpec, AzureAssignedIdentityStatus,
     AzureIdentity, AzureIdentityBinding,
 };
+use aadpodid_azure::arm::{Arm, ArmError};
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -26,43 +26,14 @@ use serde_json::json;
 use crate::decide::{Desired, Plan, Removal, TargetPlan, Update};
 use crate::events::{EventType, Recorder, pod_reference, reason, redact_guids, reference};
 use crate::metrics::Metrics;
-use crate::view::{AssignedView, NodeTarget, normalise_resource_id};
-
-/// A boxed future, so [`NodeIdentities`] can be used as a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// An ARM failure, with the wait ARM asked for when it throttled. Its text (`Display`) is for
-/// logs, GUIDs redacted; Events say only `public`, never ARM's own message: one update carries
-/// the identities of every namespace on a VM or scale set, and ARM's message can name any of
-/// them, and principals' client IDs.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct ArmFailure {
-    pub message: String,
-    /// The kind of failure and ARM's error code, naming no identity.
-    pub public: String,
-    pub retry_after: Option<std::time::Duration>,
-}
-
-/// What MIC needs of ARM: read a VM's or scale set's user-assigned identities, and change
-/// them in one logical update (chunking, polling, throttling and bad-identity pruning are the
-/// implementation's business; like the original, it returns the first error even when a
-/// pruned retry succeeded).
-pub trait NodeIdentities: Send + Sync {
-    fn identities<'a>(&'a self, target: &'a NodeTarget) -> BoxFuture<'a, Result<Vec<String>, ArmFailure>>;
-    fn update<'a>(
-        &'a self,
-        target: &'a NodeTarget,
-        add: &'a [String],
-        remove: &'a [String],
-    ) -> BoxFuture<'a, Result<(), ArmFailure>>;
-}
+use crate::view::{AssignedView, VmTarget, normalise_resource_id};
 
 /// Everything `apply` talks to.
 #[derive(Clone)]
 pub struct Ctx {
     pub client: Client,
-    pub arm: Arc<dyn NodeIdentities>,
+    /// ARM, behind the leadership gate.
+    pub arm: Arc<dyn Arm>,
     pub events: Recorder,
     pub metrics: Metrics,
     /// `--createDeleteBatch`: concurrent API-server writes per VM or scale set.
@@ -229,7 +200,7 @@ fn api(ctx: &Ctx, namespace: &str) -> Api<AzureAssignedIdentity> {
 
 // === Per target ===
 
-async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &PodUids) -> Outcome {
+async fn apply_target(ctx: &Ctx, target: &VmTarget, t: &TargetPlan, pods: &PodUids) -> Outcome {
     let started = Instant::now();
     tracing::info!(%target, creates = t.creates.len(), updates = t.updates.len(), retries = t.retries.len(),
         deletes = t.deletes.len(), add = t.add.len(), remove = t.remove.len(), "Processing node");
@@ -243,7 +214,7 @@ async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &Pod
     let add: Vec<String> = t.add.iter().cloned().collect();
     let remove: Vec<String> = t.remove.iter().cloned().collect();
     let call = Instant::now();
-    let result = ctx.arm.update(target, &add, &remove).await;
+    let result = ctx.arm.update_user_msi(target, &add, &remove).await;
     out.arm_writes += 1;
     match result {
         Ok(()) => {
@@ -251,15 +222,16 @@ async fn apply_target(ctx: &Ctx, target: &NodeTarget, t: &TargetPlan, pods: &Pod
             finish(ctx, pending, &t.deletes, None, &mut out).await;
         }
         Err(error) => {
-            out.retry_after = out.retry_after.max(error.retry_after);
-            tracing::error!(%target, %error, add = add.len(), remove = remove.len(), duration_ms = call.elapsed().as_millis() as u64, "Updating identities on node failed");
+            out.retry_after = out.retry_after.max(error.retry_after());
+            tracing::error!(%target, error = %redact_guids(&error.to_string()), add = add.len(), remove = remove.len(), duration_ms = call.elapsed().as_millis() as u64, "Updating identities on node failed");
             match ctx.arm.identities(target).await {
                 Ok(ids) => {
-                    let on_node: BTreeSet<String> = ids.iter().map(|i| normalise_resource_id(i)).collect();
+                    let on_node: BTreeSet<String> =
+                        ids.user_assigned.iter().map(|i| normalise_resource_id(i)).collect();
                     finish(ctx, pending, &t.deletes, Some((&on_node, &error)), &mut out).await;
                 }
                 Err(get_error) => {
-                    tracing::error!(%target, error = %get_error, "Getting identities of node failed");
+                    tracing::error!(%target, error = %redact_guids(&get_error.to_string()), "Getting identities of node failed");
                     out.failed += pending.len() + t.deletes.len();
                 }
             }
@@ -379,7 +351,7 @@ async fn finish(
     ctx: &Ctx,
     pending: Vec<Pending>,
     deletes: &[Removal],
-    on_node: Option<(&BTreeSet<String>, &ArmFailure)>,
+    on_node: Option<(&BTreeSet<String>, &ArmError)>,
     out: &mut Outcome,
 ) {
     let assigns = pending.into_iter().map(|p| assign_one(ctx, p, on_node).boxed());
@@ -396,41 +368,69 @@ async fn finish(
     out.merge(d);
 }
 
+/// What one assignment does once the node's ARM update is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Carry on: mark it `Assigned`, or delete it.
+    Proceed,
+    /// Keep it as it is (`Created`, or not deleted) and report the ARM error.
+    Hold,
+}
+
+/// The update's effect on one assignment, from what ARM reports on the VM or scale set after
+/// a failed update (`on_node`: `None` when the update succeeded). An assignment whose identity
+/// the node carries anyway (or that needs none) is assigned; a removal whose identity is still
+/// attached is kept, so the next cycle detaches it again.
+pub fn settle(attach: bool, needs_node: bool, on_node: Option<bool>) -> Settle {
+    let Some(present) = on_node.filter(|_| needs_node) else { return Settle::Proceed };
+    if present == attach { Settle::Proceed } else { Settle::Hold }
+}
+
+fn on_node_has(on_node: Option<(&BTreeSet<String>, &ArmError)>, resource_id: &str) -> Option<bool> {
+    on_node.map(|(ids, _)| ids.contains(&normalise_resource_id(resource_id)))
+}
+
 /// Marks one pending object `Assigned`, unless the ARM call failed and its identity is not on
 /// the node: then it stays `Created` with a `binding apply error`.
-async fn assign_one(ctx: &Ctx, p: Pending, on_node: Option<(&BTreeSet<String>, &ArmFailure)>) -> Outcome {
+async fn assign_one(ctx: &Ctx, p: Pending, on_node: Option<(&BTreeSet<String>, &ArmError)>) -> Outcome {
     let mut o = Outcome::default();
-    let missing = on_node.filter(|(ids, _)| p.user_assigned && !ids.contains(&normalise_resource_id(&p.resource_id)));
-    if let Some((_, error)) = missing {
-        o.failed += 1;
-        let msg = format!(
-            "Applying binding {} node {} for pod {} resulted in error {}",
-            p.binding_name, p.node, p.name, error.public
-        );
-        tracing::error!(assigned = %p.name, node = %p.node, "Identity not on node after failed update; stays Created");
-        warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
-    } else {
-        mark_assigned(ctx, &p, &mut o).await;
+    match (settle(true, p.user_assigned, on_node_has(on_node, &p.resource_id)), on_node) {
+        (Settle::Hold, Some((_, error))) => {
+            o.failed += 1;
+            let msg = format!(
+                "Applying binding {} node {} for pod {} resulted in error {}",
+                p.binding_name,
+                p.node,
+                p.name,
+                error.summary()
+            );
+            tracing::error!(assigned = %p.name, node = %p.node, "Identity not on node after failed update; stays Created");
+            warn_both(ctx, &p, reason::BINDING_APPLY_ERROR, msg).await;
+        }
+        (Settle::Hold | Settle::Proceed, _) => mark_assigned(ctx, &p, &mut o).await,
     }
     o
 }
 
 /// Deletes one object, unless the ARM call failed and the identity it should have detached is
 /// still on the node: then it is kept with a `binding remove error`.
-async fn remove_one(ctx: &Ctx, r: &Removal, on_node: Option<(&BTreeSet<String>, &ArmFailure)>) -> Outcome {
-    let still_there =
-        on_node.filter(|(ids, _)| r.unassign && ids.contains(&normalise_resource_id(&r.assigned.resource_id)));
-    if let Some((_, error)) = still_there {
-        let a = &r.assigned;
-        let msg = format!(
-            "Binding {} removal from node {} for pod {} resulted in error {}",
-            a.binding_name, a.node, a.pod, error.public
-        );
-        tracing::error!(assigned = %a.name, node = %a.node, "Identity still on node after failed update; kept");
-        ctx.events.publish(&binding_reference(a), EventType::Warning, reason::BINDING_REMOVE_ERROR, msg).await;
-        return Outcome { failed: 1, ..Default::default() };
+async fn remove_one(ctx: &Ctx, r: &Removal, on_node: Option<(&BTreeSet<String>, &ArmError)>) -> Outcome {
+    let a = &r.assigned;
+    match (settle(false, r.unassign, on_node_has(on_node, &a.resource_id)), on_node) {
+        (Settle::Hold, Some((_, error))) => {
+            let msg = format!(
+                "Binding {} removal from node {} for pod {} resulted in error {}",
+                a.binding_name,
+                a.node,
+                a.pod,
+                error.summary()
+            );
+            tracing::error!(assigned = %a.name, node = %a.node, "Identity still on node after failed update; kept");
+            ctx.events.publish(&binding_reference(a), EventType::Warning, reason::BINDING_REMOVE_ERROR, msg).await;
+            Outcome { failed: 1, ..Default::default() }
+        }
+        (Settle::Hold | Settle::Proceed, _) => delete_one(ctx, &r.assigned, true).await,
     }
-    delete_one(ctx, &r.assigned, true).await
 }
 
 async fn mark_assigned(ctx: &Ctx, p: &Pending, o: &mut Outcome) {
@@ -532,6 +532,25 @@ async fn delete_one(ctx: &Ctx, a: &AssignedView, unassigned: bool) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_an_assignment_does_after_the_nodes_arm_update() {
+        use Settle::{Hold, Proceed};
+        // (attach, needs the node, identity on the node after a failed update, expected)
+        let table = [
+            (true, true, None, Proceed),
+            (true, true, Some(true), Proceed),
+            (true, true, Some(false), Hold),
+            (true, false, Some(false), Proceed),
+            (false, true, None, Proceed),
+            (false, true, Some(true), Hold),
+            (false, true, Some(false), Proceed),
+            (false, false, Some(true), Proceed),
+        ];
+        for (attach, needs_node, on_node, expected) in table {
+            assert_eq!(settle(attach, needs_node, on_node), expected, "{attach} {needs_node} {on_node:?}");
+        }
+    }
     use crate::view::{binding_view, identity_view};
     use aadpodid_api::{AzureIdentityBindingSpec, AzureIdentitySpec};
 

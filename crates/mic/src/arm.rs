@@ -11,18 +11,15 @@ use std::time::{Duration, SystemTime};
 use aadpodid_azure::HttpOptions;
 use aadpodid_azure::arm::{
     Arm, ArmClient, ArmCredential, ArmError, ArmObserver, ArmOperation, ArmOptions, ArmTokenProvider,
-    ProtectedClientIds, VmTarget,
+    ProtectedClientIds,
 };
 use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig, CloudError};
 use aadpodid_azure::token::{AadClient, DEFAULT_IMDS_URL, ImdsClient, RetryPolicy, TokenError};
 
-use crate::act::{ArmFailure, BoxFuture, NodeIdentities};
 use crate::args::Args;
 use crate::controller::Reload;
-use crate::events::redact_guids;
+use crate::env::Env;
 use crate::metrics::Metrics;
-use crate::run::Env;
-use crate::view::NodeTarget;
 
 /// Why the cloud provider could not be initialised (fatal at start-up, as in the original).
 #[derive(Debug, thiserror::Error)]
@@ -47,59 +44,6 @@ impl ArmObserver for Observer {
     }
 }
 
-/// [`NodeIdentities`] over the ARM client.
-struct AzureArm(Arc<dyn Arm>);
-
-fn vm_target(t: &NodeTarget) -> VmTarget {
-    match t {
-        NodeTarget::Vm(n) => VmTarget::Vm(n.clone()),
-        NodeTarget::Vmss(n) => VmTarget::Vmss(n.clone()),
-    }
-}
-
-fn failure(e: ArmError) -> ArmFailure {
-    ArmFailure { retry_after: e.retry_after(), public: public_text(&e), message: redact_guids(&e.to_string()) }
-}
-
-/// What an Event may say of an ARM error: its kind and ARM's error code. Never ARM's message or
-/// the rejected IDs: one update carries every namespace's identities on a VM or scale set, and
-/// ARM's text can name any of them, and principals' client IDs.
-fn public_text(e: &ArmError) -> String {
-    match e {
-        ArmError::Throttled { retry_after, .. } => format!("ARM throttled the update, retry after {retry_after:?}"),
-        ArmError::NotFound { target, .. } => format!("{target} not found"),
-        ArmError::Deleting { target, .. } => format!("{target} is being deleted"),
-        ArmError::Http { status, code, .. } => format!("ARM answered HTTP {status}: {code}"),
-        ArmError::OperationFailed { status, code, .. } => format!("ARM operation {status}: {code}"),
-        ArmError::OperationTimeout(after) => format!("ARM operation did not finish within {after:?}"),
-        ArmError::Transport(_) => "ARM could not be reached".to_owned(),
-        ArmError::InvalidResponse(_) => "ARM answered with an invalid response".to_owned(),
-        ArmError::Auth(_) => "no token for ARM".to_owned(),
-        ArmError::BadIdentities { ids, source } => {
-            format!("ARM rejected {} of the identities: {}", ids.len(), public_text(source))
-        }
-        ArmError::Config(_) => "invalid ARM client configuration".to_owned(),
-    }
-}
-
-impl NodeIdentities for AzureArm {
-    fn identities<'a>(&'a self, target: &'a NodeTarget) -> BoxFuture<'a, Result<Vec<String>, ArmFailure>> {
-        Box::pin(async move {
-            let ids = self.0.identities(&vm_target(target)).await.map_err(failure)?;
-            Ok(ids.user_assigned)
-        })
-    }
-
-    fn update<'a>(
-        &'a self,
-        target: &'a NodeTarget,
-        add: &'a [String],
-        remove: &'a [String],
-    ) -> BoxFuture<'a, Result<(), ArmFailure>> {
-        Box::pin(async move { self.0.update_user_msi(&vm_target(target), add, remove).await.map_err(failure) })
-    }
-}
-
 /// What the ARM client is built from, besides the cloud config.
 #[derive(Clone)]
 struct Settings {
@@ -115,7 +59,7 @@ struct Settings {
 pub struct ArmSource {
     settings: Settings,
     config: CloudConfig,
-    current: Arc<dyn NodeIdentities>,
+    current: Arc<dyn Arm>,
     modified: Option<SystemTime>,
 }
 
@@ -152,7 +96,7 @@ impl ArmSource {
     }
 
     /// The client to use now.
-    pub fn current(&self) -> Arc<dyn NodeIdentities> {
+    pub fn current(&self) -> Arc<dyn Arm> {
         Arc::clone(&self.current)
     }
 
@@ -191,7 +135,7 @@ fn protected(immutable: &[String], config: &CloudConfig) -> ProtectedClientIds {
     ProtectedClientIds::new(immutable.iter().map(String::as_str).chain([config.user_assigned_identity_id.as_str()]))
 }
 
-fn build(s: &Settings) -> Result<(CloudConfig, Arc<dyn NodeIdentities>), ArmSetupError> {
+fn build(s: &Settings) -> Result<(CloudConfig, Arc<dyn Arm>), ArmSetupError> {
     let config = match &s.cloudconfig {
         Some(path) => CloudConfig::from_file(path)?,
         None => CloudConfig::from_env_map(&s.env),
@@ -203,7 +147,7 @@ fn build(s: &Settings) -> Result<(CloudConfig, Arc<dyn NodeIdentities>), ArmSetu
     let options = ArmOptions { protected: protected(&s.immutable, &config), ..s.options.clone() };
     let client = ArmClient::new(&config, &environment, Arc::new(tokens), options)?;
     tracing::info!(config = ?config, arm = %environment.resource_manager_endpoint, "Cloud provider initialised");
-    Ok((config, Arc::new(AzureArm(Arc::new(client)))))
+    Ok((config, Arc::new(client)))
 }
 
 #[cfg(test)]
@@ -240,10 +184,10 @@ mod tests {
                 "ARM operation Failed: X",
             ),
         ] {
-            let f = failure(e);
-            assert_eq!(f.public, public);
-            assert!(!f.message.contains(PRINCIPAL), "{}", f.message);
-            assert!(f.message.contains("9a8b##### REDACTED #####6666"), "{}", f.message);
+            assert_eq!(e.summary(), public, "what events say");
+            let logged = crate::events::redact_guids(&e.to_string());
+            assert!(!logged.contains(PRINCIPAL), "{logged}");
+            assert!(logged.contains("9a8b##### REDACTED #####6666"), "{logged}");
         }
     }
 }

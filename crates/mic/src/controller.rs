@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 use aadpodid_api::AssignedIdentityState;
 use tokio::sync::Notify;
 
-use crate::act::{self, Ctx, NodeIdentities};
+use aadpodid_azure::arm::Arm;
+
+use crate::act::{self, Ctx};
 use crate::cache::Caches;
 use crate::decide::{self, Immutable, Mode};
+use crate::events::redact_guids;
 use crate::gate::LeaderView;
-use crate::view::NodeTarget;
+use crate::view::VmTarget;
 
 /// How the loop runs.
 #[derive(Clone, Debug)]
@@ -46,10 +49,10 @@ impl Default for LoopConfig {
 }
 
 /// Replaces the ARM client when the cloud config changes (checked before each cycle).
-pub type Reload = Box<dyn FnMut() -> Option<Arc<dyn NodeIdentities>> + Send + Sync>;
+pub type Reload = Box<dyn FnMut() -> Option<Arc<dyn Arm>> + Send + Sync>;
 
 /// Hook run once when this replica becomes leader, before it acts (the type upgrade).
-pub type OnElected = Box<dyn FnMut() -> act::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub type OnElected = Box<dyn FnMut() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +238,7 @@ impl Controller {
     /// Never removes. A node that cannot be resolved aborts the run, as in the original.
     async fn readd_missing(&self) {
         let snap = self.caches.snapshot();
-        let mut want: BTreeMap<&NodeTarget, BTreeSet<String>> = BTreeMap::new();
+        let mut want: BTreeMap<&VmTarget, BTreeSet<String>> = BTreeMap::new();
         for a in &snap.current {
             if a.state != AssignedIdentityState::Assigned || !a.is_user_assigned() {
                 continue;
@@ -248,9 +251,9 @@ impl Controller {
         }
         for (target, ids) in want {
             let have: BTreeSet<String> = match self.ctx.arm.identities(target).await {
-                Ok(have) => have.iter().map(|i| i.to_ascii_lowercase()).collect(),
+                Ok(have) => have.user_assigned.iter().map(|i| i.to_ascii_lowercase()).collect(),
                 Err(error) => {
-                    tracing::warn!(%target, %error, "Drift reconciler: reading identities failed");
+                    tracing::warn!(%target, error = %redact_guids(&error.to_string()), "Drift reconciler: reading identities failed");
                     continue;
                 }
             };
@@ -259,8 +262,8 @@ impl Controller {
                 continue;
             }
             tracing::info!(%target, missing = missing.len(), "Drift reconciler: re-adding identities missing on Azure");
-            if let Err(error) = self.ctx.arm.update(target, &missing, &[]).await {
-                tracing::error!(%target, %error, "Drift reconciler: re-adding identities failed");
+            if let Err(error) = self.ctx.arm.update_user_msi(target, &missing, &[]).await {
+                tracing::error!(%target, error = %redact_guids(&error.to_string()), "Drift reconciler: re-adding identities failed");
             }
         }
     }

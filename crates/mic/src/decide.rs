@@ -5,8 +5,11 @@
 //! decides goes out as a [`Plan`] that `act` carries out without second-guessing.
 //!
 //! ```text
-//! pods, bindings, identities --desired--> Desired set --plan(current, nodes)--> Plan --batches--> ARM deltas
+//! pods, bindings, identities --desired--> Desired set --plan(current, nodes)--> Plan
 //! ```
+//!
+//! A [`Plan`] holds, per VM or scale set, the objects to write and the identities to attach and
+//! detach; splitting an update into ARM's 150-identity requests is the ARM client's business.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,12 +19,9 @@ use aadpodid_api::AssignedIdentityState;
 use aadpodid_api::view::IdentityType;
 
 use crate::view::{
-    AssignedName, AssignedView, AssignmentKey, BindingView, IdentityIndex, IdentityView, NodeIndex, NodeTarget,
-    PodView, normalise_resource_id,
+    AssignedName, AssignedView, AssignmentKey, BindingView, IdentityIndex, IdentityView, NodeIndex, PodView, VmTarget,
+    normalise_resource_id,
 };
-
-/// The original's identity-patch limit: at most this many identities per ARM request.
-pub const MAX_IDENTITIES_PER_REQUEST: usize = 150;
 
 /// How MIC runs, as far as the decision is concerned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -189,7 +189,7 @@ impl TargetPlan {
 /// The result of [`plan`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
-    pub targets: BTreeMap<NodeTarget, TargetPlan>,
+    pub targets: BTreeMap<VmTarget, TargetPlan>,
     /// Objects on nodes that no longer exist: deleted without any ARM call.
     pub orphans: Vec<AssignedView>,
     /// Desired pairs on nodes not (yet) known, or whose object name is still held by an object
@@ -254,7 +254,7 @@ pub fn plan(desired: &DesiredSet, current: &[AssignedView], nodes: &NodeIndex, i
 }
 
 impl Plan {
-    fn target(&mut self, target: &NodeTarget) -> &mut TargetPlan {
+    fn target(&mut self, target: &VmTarget) -> &mut TargetPlan {
         self.targets.entry(target.clone()).or_default()
     }
 }
@@ -335,7 +335,7 @@ fn plan_detach(out: &mut Plan, c: &AssignedView, users: &Users<'_>, nodes: &Node
 /// type-0 pairs that hold an object, by normalised resource ID. Never by client ID: a client ID
 /// is whatever string an AzureIdentity claims, and ARM attaches by resource ID.
 struct Users<'a> {
-    by_resource: BTreeMap<String, Vec<(&'a str, Option<&'a NodeTarget>)>>,
+    by_resource: BTreeMap<String, Vec<(&'a str, Option<&'a VmTarget>)>>,
 }
 
 impl<'a> Users<'a> {
@@ -352,44 +352,14 @@ impl<'a> Users<'a> {
 
     /// In use when a desired pair with the same resource ID is on the same node, or on any
     /// node of the same scale set.
-    fn in_use(&self, c: &AssignedView, target: &NodeTarget) -> bool {
-        let vmss = matches!(target, NodeTarget::Vmss(_));
+    fn in_use(&self, c: &AssignedView, target: &VmTarget) -> bool {
+        let vmss = matches!(target, VmTarget::Vmss(_));
         self.by_resource
             .get(&normalise_resource_id(&c.resource_id))
             .into_iter()
             .flatten()
             .any(|(node, t)| *node == c.node || (vmss && *t == Some(target)))
     }
-}
-
-/// One ARM identity change: IDs to attach and to detach.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IdentityDelta {
-    pub add: Vec<String>,
-    pub remove: Vec<String>,
-}
-
-impl IdentityDelta {
-    fn len(&self) -> usize {
-        self.add.len() + self.remove.len()
-    }
-}
-
-/// Splits a delta into requests of at most `max_per_request` identities (ARM's limit is
-/// [`MAX_IDENTITIES_PER_REQUEST`]), removals first. An empty delta gives no request.
-pub fn batches(delta: &IdentityDelta, max_per_request: usize) -> Vec<IdentityDelta> {
-    let max = max_per_request.max(1);
-    let mut out: Vec<IdentityDelta> = Vec::new();
-    let entries = delta.remove.iter().map(|r| (false, r)).chain(delta.add.iter().map(|a| (true, a)));
-    for (is_add, id) in entries {
-        if out.last().is_none_or(|b| b.len() >= max) {
-            out.push(IdentityDelta::default());
-        }
-        if let Some(b) = out.last_mut() {
-            if is_add { b.add.push(id.clone()) } else { b.remove.push(id.clone()) }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use aadpodid_api::{
 };
 
 use super::*;
-use crate::view::{NodeIndex, NodeTarget, PodView, assigned_view, binding_view, identity_index};
+use crate::view::{NodeIndex, PodView, VmTarget, assigned_view, binding_view, identity_index};
 
 const SUB: &str = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities";
 
@@ -62,11 +62,11 @@ fn index(ids: &[Arc<AzureIdentity>]) -> IdentityIndex {
 }
 
 fn vmss_nodes(vmss: &str, nodes: &[&str]) -> NodeIndex {
-    nodes.iter().map(|n| ((*n).to_owned(), NodeTarget::Vmss(vmss.into()))).collect()
+    nodes.iter().map(|n| ((*n).to_owned(), VmTarget::Vmss(vmss.into()))).collect()
 }
 
 fn vm_nodes(nodes: &[&str]) -> NodeIndex {
-    nodes.iter().map(|n| ((*n).to_owned(), NodeTarget::Vm((*n).into()))).collect()
+    nodes.iter().map(|n| ((*n).to_owned(), VmTarget::Vm((*n).into()))).collect()
 }
 
 /// The object MIC would have written for `d`, in `state`.
@@ -180,7 +180,7 @@ fn same_identity_name_in_two_namespaces_keeps_the_lexically_smaller_namespace() 
     );
     assert_eq!(names(&d), ["demo-apps-myid", "demo-apps-myid"], "two pairs, one object name");
     let p = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.creates.len(), 1);
     assert_eq!(t.creates[0].identity.client_id, "c-alpha");
     assert_eq!(p.conflicts[0].identity.client_id, "c-zeta");
@@ -235,7 +235,7 @@ fn new_pair_is_created_and_its_identity_attached() {
         &[mk_binding("apps", "b", "myid", "sel")],
     );
     let p = plan(&d, &[], &vmss_nodes("pool", &["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vmss("pool".into())];
+    let t = &p.targets[&VmTarget::Vmss("pool".into())];
     assert_eq!(t.creates.len(), 1);
     assert_eq!(t.add.iter().collect::<Vec<_>>(), [&rid("myid")]);
     assert!(t.remove.is_empty());
@@ -262,7 +262,7 @@ fn pair_still_created_is_retried_every_cycle() {
     );
     let cur = current_of(d.values().map(|x| stored(x, "Created")));
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!((t.creates.len(), t.retries.len()), (0, 1));
     assert!(t.add.contains(&rid("myid")));
 }
@@ -277,7 +277,7 @@ fn binding_edit_rewrites_the_object_and_keeps_the_identity_attached() {
     edited.resource_version = "2".into();
     let d = one(&pods, &ids, &[Arc::new(edited)]);
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.updates.len(), 1);
     assert!(t.add.contains(&rid("myid")));
     assert!(t.remove.is_empty(), "an ID both added and removed ends up added");
@@ -291,8 +291,8 @@ fn pod_moved_to_another_vm_detaches_from_the_old_vm_and_attaches_to_the_new() {
     let cur = current_of(old.values().map(|x| stored(x, "Assigned")));
     let d = one(&[mk_pod("apps", "demo", "n2", "sel")], &ids, &bindings);
     let p = plan(&d, &cur, &vm_nodes(&["n1", "n2"]), &Immutable::default());
-    assert!(p.targets[&NodeTarget::Vm("n1".into())].remove.contains(&rid("myid")));
-    let n2 = &p.targets[&NodeTarget::Vm("n2".into())];
+    assert!(p.targets[&VmTarget::Vm("n1".into())].remove.contains(&rid("myid")));
+    let n2 = &p.targets[&VmTarget::Vm("n2".into())];
     assert!(n2.add.contains(&rid("myid")));
     assert_eq!(n2.updates.len(), 1);
 }
@@ -306,7 +306,7 @@ fn deleted_pod_is_unassigned_when_nobody_else_on_the_vm_needs_the_identity() {
     );
     let cur = current_of(d.values().map(|x| stored(x, "Assigned")));
     let p = plan(&BTreeMap::new(), &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert!(t.deletes[0].unassign);
     assert!(t.remove.contains(&rid("myid")));
 }
@@ -319,7 +319,7 @@ fn deleted_pod_keeps_the_identity_while_another_pod_on_the_same_node_needs_it() 
     let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
     let d = one(&[mk_pod("apps", "b", "n1", "sel")], &ids, &bindings);
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.deletes.len(), 1);
     assert!(!t.deletes[0].unassign);
     assert!(!t.needs_arm());
@@ -333,7 +333,7 @@ fn pod_on_other_vmss_instance_keeps_identity_attached() {
     let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
     let d = one(&[mk_pod("apps", "b", "n2", "sel")], &ids, &bindings);
     let p = plan(&d, &cur, &vmss_nodes("pool", &["n1", "n2"]), &Immutable::default());
-    assert!(!p.targets[&NodeTarget::Vmss("pool".into())].needs_arm());
+    assert!(!p.targets[&VmTarget::Vmss("pool".into())].needs_arm());
 }
 
 #[test]
@@ -344,7 +344,7 @@ fn pod_on_another_standalone_vm_does_not_keep_the_identity_on_this_vm() {
     let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
     let d = one(&[mk_pod("apps", "b", "n2", "sel")], &ids, &bindings);
     let p = plan(&d, &cur, &vm_nodes(&["n1", "n2"]), &Immutable::default());
-    assert!(p.targets[&NodeTarget::Vm("n1".into())].remove.contains(&rid("myid")));
+    assert!(p.targets[&VmTarget::Vm("n1".into())].remove.contains(&rid("myid")));
 }
 
 #[test]
@@ -355,7 +355,7 @@ fn deleting_the_binding_or_the_identity_removes_the_assignment() {
     let cur = current_of(d.values().map(|x| stored(x, "Assigned")));
     for now in [one(&pods, &ids, &[]), one(&pods, &[], &[mk_binding("apps", "b", "myid", "sel")])] {
         let p = plan(&now, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-        let t = &p.targets[&NodeTarget::Vm("n1".into())];
+        let t = &p.targets[&VmTarget::Vm("n1".into())];
         assert_eq!(t.deletes.len(), 1);
         assert!(t.remove.contains(&rid("myid")));
     }
@@ -370,7 +370,7 @@ fn immutable_client_ids_are_never_detached_whatever_their_case() {
     );
     let cur = current_of(d.values().map(|x| stored(x, "Assigned")));
     let p = plan(&BTreeMap::new(), &cur, &vm_nodes(&["n1"]), &Immutable::new(["client-abc"]));
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.deletes.len(), 1);
     assert!(!t.needs_arm());
 }
@@ -383,12 +383,12 @@ fn service_principals_need_no_arm_change_either_way() {
         &[mk_binding("apps", "b", "sp", "sel")],
     );
     let created = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &created.targets[&NodeTarget::Vm("n1".into())];
+    let t = &created.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.creates.len(), 1);
     assert!(!t.needs_arm());
     let cur = current_of(d.values().map(|x| stored(x, "Assigned")));
     let deleted = plan(&BTreeMap::new(), &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    assert!(!deleted.targets[&NodeTarget::Vm("n1".into())].needs_arm());
+    assert!(!deleted.targets[&VmTarget::Vm("n1".into())].needs_arm());
 }
 
 #[test]
@@ -422,27 +422,8 @@ fn fifty_pods_on_five_nodes_of_one_scale_set_make_one_target_with_one_identity()
     let d = one(&pods, &[mk_identity("apps", "myid", 0, "c1")], &[mk_binding("apps", "b", "myid", "sel")]);
     let p = plan(&d, &[], &vmss_nodes("pool", &["n0", "n1", "n2", "n3", "n4"]), &Immutable::default());
     assert_eq!(p.targets.len(), 1);
-    let t = &p.targets[&NodeTarget::Vmss("pool".into())];
+    let t = &p.targets[&VmTarget::Vmss("pool".into())];
     assert_eq!((t.creates.len(), t.add.len()), (50, 1));
-}
-
-// === batches ===
-
-#[test]
-fn batches_hold_at_most_the_limit_removals_first() {
-    let delta = IdentityDelta {
-        add: (0..300).map(|i| format!("a{i}")).collect(),
-        remove: (0..20).map(|i| format!("r{i}")).collect(),
-    };
-    let b = batches(&delta, MAX_IDENTITIES_PER_REQUEST);
-    assert_eq!(b.iter().map(IdentityDelta::len).collect::<Vec<_>>(), [150, 150, 20]);
-    assert_eq!(b[0].remove.len(), 20);
-    assert_eq!(b.iter().map(|x| x.add.len()).sum::<usize>(), 300);
-}
-
-#[test]
-fn empty_delta_needs_no_request() {
-    assert!(batches(&IdentityDelta::default(), MAX_IDENTITIES_PER_REQUEST).is_empty());
 }
 
 // === cross-namespace safety ===
@@ -467,7 +448,7 @@ fn a_colliding_name_from_another_namespace_never_takes_over_an_assignment() {
         &[mk_binding("b-c", "bt", "x", "t"), mk_binding("c", "bv", "x", "v")],
     );
     let p = plan(&d, &cur, &vmss_nodes("pool", &["n1"]), &Immutable::default());
-    let t = p.targets.get(&NodeTarget::Vmss("pool".into())).cloned().unwrap_or_default();
+    let t = p.targets.get(&VmTarget::Vmss("pool".into())).cloned().unwrap_or_default();
     assert!(t.updates.is_empty(), "the existing object is not rewritten: {:?}", t.updates);
     assert!(t.deletes.is_empty() && t.creates.is_empty(), "{t:?}");
     assert!(t.remove.is_empty(), "the victim's identity stays attached");
@@ -485,7 +466,7 @@ fn another_namespaces_assignment_of_the_same_resource_id_cannot_detach_it() {
     let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
     let d = one(&pods[..1], &ids, &bindings);
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.deletes.len(), 1, "the evil pod's object goes");
     assert!(!t.deletes[0].unassign);
     assert!(t.remove.is_empty(), "the good pod still needs the identity: {:?}", t.remove);
@@ -501,7 +482,7 @@ fn resource_ids_are_compared_ignoring_case_when_deciding_use() {
     let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
     let d = one(&pods[1..], &ids, &bindings);
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    assert!(!p.targets[&NodeTarget::Vm("n1".into())].needs_arm(), "the same identity in another case is in use");
+    assert!(!p.targets[&VmTarget::Vm("n1".into())].needs_arm(), "the same identity in another case is in use");
 }
 
 #[test]
@@ -516,7 +497,7 @@ fn a_shared_client_id_with_another_resource_id_does_not_keep_an_identity_attache
     let cur = current_of(before.values().map(|x| stored(x, "Assigned")));
     let d = one(&pods[1..], &ids, &bindings);
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    assert!(p.targets[&NodeTarget::Vm("n1".into())].remove.contains(&rid("mine")));
+    assert!(p.targets[&VmTarget::Vm("n1".into())].remove.contains(&rid("mine")));
 }
 
 // === assignments left `Created` ===
@@ -530,7 +511,7 @@ fn created_assignment_of_a_deleted_pod_is_detached() {
     );
     let cur = current_of(d.values().map(|x| stored(x, "Created")));
     let p = plan(&BTreeMap::new(), &cur, &vmss_nodes("pool", &["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vmss("pool".into())];
+    let t = &p.targets[&VmTarget::Vmss("pool".into())];
     assert!(t.deletes[0].unassign, "the ARM write may have happened before MIC died");
     assert!(t.remove.contains(&rid("myid")));
 }
@@ -543,7 +524,7 @@ fn created_assignment_keeps_the_identity_while_another_pod_on_the_scale_set_need
     let cur = current_of(before.values().map(|x| stored(x, "Created")));
     let d = one(&[mk_pod("apps", "b", "n2", "sel")], &ids, &bindings);
     let p = plan(&d, &cur, &vmss_nodes("pool", &["n1", "n2"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vmss("pool".into())];
+    let t = &p.targets[&VmTarget::Vmss("pool".into())];
     assert!(!t.deletes[0].unassign);
     assert!(t.remove.is_empty());
 }
@@ -557,7 +538,7 @@ fn created_assignment_of_an_immutable_identity_is_never_detached() {
     );
     let cur = current_of(d.values().map(|x| stored(x, "Created")));
     let p = plan(&BTreeMap::new(), &cur, &vm_nodes(&["n1"]), &Immutable::new(["CLUSTER-ID"]));
-    assert!(!p.targets[&NodeTarget::Vm("n1".into())].needs_arm());
+    assert!(!p.targets[&VmTarget::Vm("n1".into())].needs_arm());
 }
 
 // === object-name collisions ===
@@ -588,7 +569,7 @@ fn with_no_object_yet_the_first_pair_in_key_order_gets_the_name() {
     );
     assert_eq!(d.len(), 2, "both pairs are desired");
     let p = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.creates.len(), 1);
     assert_eq!((t.creates[0].pod_namespace.as_str(), t.creates[0].name.0.as_str()), ("b-c", "a-b-c-x"));
     assert_eq!(p.conflicts.len(), 1);
@@ -619,12 +600,12 @@ fn a_name_held_by_a_departing_pair_is_freed_first_and_taken_in_the_next_cycle() 
         &[mk_binding("b-c", "bt", "x", "t")],
     );
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!((t.creates.len(), t.updates.len(), t.deletes.len()), (0, 0, 1), "never rewritten for another pair");
     assert!(p.conflicts.is_empty(), "the name is free once the old pair is gone: {:?}", p.conflicts);
     assert_eq!(p.waiting, [AssignedName("a-b-c-x".into())]);
     let next = plan(&d, &[], &vm_nodes(&["n1"]), &Immutable::default());
-    assert_eq!(next.targets[&NodeTarget::Vm("n1".into())].creates.len(), 1);
+    assert_eq!(next.targets[&VmTarget::Vm("n1".into())].creates.len(), 1);
 }
 
 #[test]
@@ -639,7 +620,7 @@ fn a_second_object_for_the_same_pair_is_deleted_without_detaching() {
     copy.metadata.namespace = Some("apps".into());
     let cur = vec![assigned_view(&Arc::new(copy)), kept];
     let p = plan(&d, &cur, &vm_nodes(&["n1"]), &Immutable::default());
-    let t = &p.targets[&NodeTarget::Vm("n1".into())];
+    let t = &p.targets[&VmTarget::Vm("n1".into())];
     assert_eq!(t.deletes.len(), 1);
     assert_eq!(t.deletes[0].assigned.namespace, "apps", "the one where the pair's object belongs is kept");
     assert!(!t.deletes[0].unassign && !t.needs_arm());

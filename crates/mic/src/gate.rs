@@ -9,13 +9,12 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use aadpodid_azure::arm::{Arm, ArmError, NodeIdentities, VmTarget};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::act::{ArmFailure, BoxFuture as ActFuture, NodeIdentities};
 use crate::lease;
-use crate::view::NodeTarget;
 
 /// Why a write was refused or abandoned.
 #[derive(Clone, Copy, Debug, thiserror::Error)]
@@ -161,39 +160,33 @@ where
 
 // === ARM writes ===
 
-/// [`NodeIdentities`] whose updates are sent only while this replica leads and abandoned when
-/// it stops leading (reads pass).
+/// [`Arm`] whose updates are sent only while this replica leads and abandoned when it stops
+/// leading (reads pass).
 pub struct GatedArm {
-    inner: Arc<dyn NodeIdentities>,
+    inner: Arc<dyn Arm>,
     leader: LeaderView,
 }
 
 impl GatedArm {
-    pub fn wrap(inner: Arc<dyn NodeIdentities>, leader: LeaderView) -> Arc<dyn NodeIdentities> {
+    pub fn wrap(inner: Arc<dyn Arm>, leader: LeaderView) -> Arc<dyn Arm> {
         Arc::new(Self { inner, leader })
     }
 }
 
-impl NodeIdentities for GatedArm {
-    fn identities<'a>(&'a self, target: &'a NodeTarget) -> ActFuture<'a, Result<Vec<String>, ArmFailure>> {
-        self.inner.identities(target)
+#[async_trait::async_trait]
+impl Arm for GatedArm {
+    async fn identities(&self, target: &VmTarget) -> Result<NodeIdentities, ArmError> {
+        self.inner.identities(target).await
     }
 
-    fn update<'a>(
-        &'a self,
-        target: &'a NodeTarget,
-        add: &'a [String],
-        remove: &'a [String],
-    ) -> ActFuture<'a, Result<(), ArmFailure>> {
-        Box::pin(async move {
-            match self.leader.while_leading(self.inner.update(target, add, remove)).await {
-                Ok(res) => res,
-                Err(e) => {
-                    tracing::warn!(%target, "ARM identity update not sent or abandoned: not the leader");
-                    Err(ArmFailure { message: e.to_string(), public: e.to_string(), retry_after: None })
-                }
+    async fn update_user_msi(&self, target: &VmTarget, add: &[String], remove: &[String]) -> Result<(), ArmError> {
+        match self.leader.while_leading(self.inner.update_user_msi(target, add, remove)).await {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::warn!(%target, "ARM identity update not sent or abandoned: not the leader");
+                Err(ArmError::Abandoned(e.to_string()))
             }
-        })
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod arm;
 pub mod cache;
 pub mod controller;
 pub mod decide;
+pub mod env;
 pub mod events;
 pub mod gate;
 pub mod leader;
@@ -19,4 +20,5 @@ pub mod run;
 pub mod upgrade;
 pub mod view;
 
-pub use run::{Env, run, run_until};
+pub use env::Env;
+pub use run::{run, run_until};

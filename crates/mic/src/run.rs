@@ -1,7 +1,6 @@
 //! Wiring: flags and environment in, servers, leader election, caches and the loop out.
 //! Decides nothing; every piece it starts lives in its own module.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +14,7 @@ use crate::act::Ctx;
 use crate::args::Args;
 use crate::controller::{Controller, LoopConfig, LoopError, OnElected, Reload};
 use crate::decide::{Immutable, Mode};
+use crate::env::Env;
 use crate::events::{self, Recorder};
 use crate::gate::{self, GatedArm, LeaderPublisher, LeaderView, WriteGateLayer};
 use crate::leader::{self, LeaderConfig};
@@ -22,23 +22,6 @@ use crate::lease::Timing;
 use crate::metrics::Metrics;
 use crate::upgrade::{UpgradeConfig, upgrade_if_required};
 use crate::{arm, cache};
-
-/// The environment MIC reads, passed in so tests can run several MICs in one process.
-#[derive(Clone, Debug, Default)]
-pub struct Env {
-    pub vars: BTreeMap<String, String>,
-}
-
-impl Env {
-    /// The process environment.
-    pub fn from_process() -> Self {
-        Self { vars: std::env::vars().collect() }
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.vars.get(key).map(String::as_str).filter(|v| !v.is_empty())
-    }
-}
 
 /// Runs MIC until SIGTERM/SIGINT, a lost leadership or a fatal error.
 pub async fn run(args: Args) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use aadpodid_api::view::{
     IdentityType, InvalidBinding, InvalidIdentity, identity_type, is_namespaced, validate_binding, validate_identity,
 };
 use aadpodid_api::{AssignedIdentityState, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding};
+pub use aadpodid_azure::arm::VmTarget;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
@@ -217,43 +218,21 @@ pub fn assigned_view(assigned: &Arc<AzureAssignedIdentity>) -> AssignedView {
     }
 }
 
-/// The Azure resource a node's identities live on.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum NodeTarget {
-    /// A standalone VM, named like the Kubernetes node (as the original assumes).
-    Vm(String),
-    /// A scale set: identities are set at scale-set level, for every instance at once.
-    Vmss(String),
-}
-
-impl fmt::Display for NodeTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Vm(n) => write!(f, "vm/{n}"),
-            Self::Vmss(n) => write!(f, "vmss/{n}"),
-        }
-    }
-}
-
 /// Node name → VM or VMSS, from `spec.providerID`; the only thing MIC reads of a node.
-pub type NodeIndex = BTreeMap<String, NodeTarget>;
+pub type NodeIndex = BTreeMap<String, VmTarget>;
 
-/// A node whose provider ID names a `virtualMachineScaleSets/<name>` segment is a scale-set
-/// instance; any other node (including an empty provider ID) is a VM named like the node.
-pub fn node_target(node_name: &str, provider_id: &str) -> NodeTarget {
-    let mut segments = provider_id.split('/');
-    while let Some(s) = segments.next() {
-        if s.eq_ignore_ascii_case("virtualMachineScaleSets")
-            && let Some(name) = segments.next().filter(|n| !n.is_empty())
-        {
-            return NodeTarget::Vmss(name.to_owned());
-        }
+/// A node whose provider ID names a scale set is a scale-set instance; any other node
+/// (including one with an empty or unreadable provider ID) is a VM named like the node, as
+/// the original assumes.
+pub fn node_target(node_name: &str, provider_id: &str) -> VmTarget {
+    match VmTarget::from_provider_id(provider_id) {
+        Some(VmTarget::Vmss(scale_set)) => VmTarget::Vmss(scale_set),
+        Some(VmTarget::Vm(_)) | None => VmTarget::Vm(node_name.to_owned()),
     }
-    NodeTarget::Vm(node_name.to_owned())
 }
 
 /// Reads a node into its index entry.
-pub fn node_view(node: &Node) -> (String, NodeTarget) {
+pub fn node_view(node: &Node) -> (String, VmTarget) {
     let name = node.name_any();
     let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.as_deref()).unwrap_or_default();
     let target = node_target(&name, provider_id);
@@ -294,13 +273,13 @@ mod tests {
     #[test]
     fn scale_set_instances_are_keyed_by_scale_set() {
         let id = "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool1/virtualMachines/3";
-        assert_eq!(node_target("aks-pool1-3", id), NodeTarget::Vmss("pool1".into()));
+        assert_eq!(node_target("aks-pool1-3", id), VmTarget::Vmss("pool1".into()));
     }
 
     #[test]
     fn vms_and_nodes_without_provider_id_are_keyed_by_node_name() {
         let id = "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-7";
-        assert_eq!(node_target("node-a", id), NodeTarget::Vm("node-a".into()));
-        assert_eq!(node_target("node-b", ""), NodeTarget::Vm("node-b".into()));
+        assert_eq!(node_target("node-a", id), VmTarget::Vm("node-a".into()));
+        assert_eq!(node_target("node-b", ""), VmTarget::Vm("node-b".into()));
     }
 }

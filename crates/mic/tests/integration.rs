@@ -9,7 +9,7 @@ use aadpodid_azure_sim::{Face, Fault, FaultKind, NodeRef};
 use support::{DEADLINE, World, apiserver_writes, eventually, serial};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_flow_assigns_the_identity_on_the_vmss_and_imds_issues_its_token() {
+async fn walkthrough_assigns_the_identity_on_the_vmss_and_imds_issues_its_token() {
     let _serial = serial().await;
     let w = World::new("seed").await;
     let nodes = w.vmss_nodes("seedpool", 2).await;

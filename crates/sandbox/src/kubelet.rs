@@ -229,7 +229,7 @@ impl KubeletSandbox {
     /// The walkthrough on real nodes: identities, helm install (MIC and NMI pods from the
     /// images), identityconfig, two SDK Deployments each getting only its own identity, and a
     /// deleted pod's replacement getting its identity again.
-    pub async fn seed_flow(&mut self) -> Result<(), Error> {
+    pub async fn walkthrough(&mut self) -> Result<(), Error> {
         self.create_identities();
         self.helm_install().await?;
         self.wait_chart_pods().await?;

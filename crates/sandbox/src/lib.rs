@@ -368,7 +368,7 @@ impl Sandbox {
     /// Runs the walkthrough: identity, helm install (MIC and NMI start under the chart's
     /// service accounts), identityconfig/, one pod per node getting a token through
     /// 169.254.169.254, and the assigned identities listed.
-    pub async fn seed_flow(&mut self) -> Result<(), Error> {
+    pub async fn walkthrough(&mut self) -> Result<(), Error> {
         self.create_identity().await?;
         self.helm_install().await?;
         self.start_mic().await?;

@@ -210,7 +210,7 @@ async fn chart_install_rbac_is_enough_and_not_too_much_and_uninstall_leaves_noth
     assert!(err.contains("hack/images.sh") && err.contains("--set image.repository="), "{err}");
 
     step("the walkthrough under the chart's service accounts");
-    if let Err(e) = sb.seed_flow().await {
+    if let Err(e) = sb.walkthrough().await {
         panic!("{e}\n{}", sb.log_tails(30));
     }
 

@@ -15,7 +15,7 @@ use aadpodid_sandbox::kubelet::KubeletSandbox;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chart_runs_from_the_images_on_kubelet_nodes() {
     let mut sandbox = KubeletSandbox::start().await.unwrap_or_else(|e| panic!("{e}"));
-    if let Err(e) = sandbox.seed_flow().await {
+    if let Err(e) = sandbox.walkthrough().await {
         panic!("{e}");
     }
 }

@@ -329,6 +329,10 @@ pub enum ArmError {
     /// The client cannot be built from the given config.
     #[error("invalid ARM client configuration: {0}")]
     Config(String),
+    /// The caller withdrew the write before it was sent or before ARM answered (MIC: no longer
+    /// the leader); ARM may or may not have applied it.
+    #[error("ARM write not sent or abandoned: {0}")]
+    Abandoned(String),
 }
 
 impl ArmError {
@@ -337,7 +341,38 @@ impl ArmError {
         match self {
             Self::Throttled { retry_after, .. } => Some(*retry_after),
             Self::BadIdentities { source, .. } => source.retry_after(),
-            _ => None,
+            Self::NotFound { .. }
+            | Self::Deleting { .. }
+            | Self::Http { .. }
+            | Self::OperationFailed { .. }
+            | Self::OperationTimeout(_)
+            | Self::Transport(_)
+            | Self::InvalidResponse(_)
+            | Self::Auth(_)
+            | Self::Config(_)
+            | Self::Abandoned(_) => None,
+        }
+    }
+
+    /// The error's kind and ARM's error code, naming no identity: what an Event may say. Never
+    /// ARM's message or the rejected IDs: one update carries every namespace's identities on a
+    /// VM or scale set, and ARM's text can name any of them, and principals' client IDs.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Throttled { retry_after, .. } => format!("ARM throttled the update, retry after {retry_after:?}"),
+            Self::NotFound { target, .. } => format!("{target} not found"),
+            Self::Deleting { target, .. } => format!("{target} is being deleted"),
+            Self::Http { status, code, .. } => format!("ARM answered HTTP {status}: {code}"),
+            Self::OperationFailed { status, code, .. } => format!("ARM operation {status}: {code}"),
+            Self::OperationTimeout(after) => format!("ARM operation did not finish within {after:?}"),
+            Self::Transport(_) => "ARM could not be reached".to_owned(),
+            Self::InvalidResponse(_) => "ARM answered with an invalid response".to_owned(),
+            Self::Auth(_) => "no token for ARM".to_owned(),
+            Self::BadIdentities { ids, source } => {
+                format!("ARM rejected {} of the identities: {}", ids.len(), source.summary())
+            }
+            Self::Config(_) => "invalid ARM client configuration".to_owned(),
+            Self::Abandoned(reason) => format!("ARM write not sent or abandoned: {reason}"),
         }
     }
 }

@@ -9,7 +9,7 @@ use aadpodid_api::view::{InvalidIdentity, redact_client_id};
 use aadpodid_api::{AssignedIdentityState, AzureAssignedIdentity};
 use aadpodid_mic::decide::{Desired, DesiredSet, Mode, desired};
 use aadpodid_mic::view::{
-    AssignmentKey, BindingView, IdentityIndex, IdentityView, NodeTarget, PodView, binding_view, identity_index,
+    AssignmentKey, BindingView, IdentityIndex, IdentityView, PodView, VmTarget, binding_view, identity_index,
     node_view, pod_view,
 };
 use k8s_openapi::jiff::Timestamp;
@@ -66,7 +66,7 @@ struct Ctx {
     invalid: Vec<(String, InvalidIdentity)>,
     mode: Mode,
     desired: DesiredSet,
-    target: Option<NodeTarget>,
+    target: Option<VmTarget>,
 }
 
 impl Ctx {

@@ -18,7 +18,6 @@ use aadpodid_azure::HttpOptions;
 use aadpodid_azure::arm::{Arm, ArmClient, ArmOptions, ArmTokenProvider, VmTarget};
 use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig, ENVIRONMENT_FILEPATH_VAR};
 use aadpodid_azure::token::DEFAULT_IMDS_URL;
-use aadpodid_mic::view::NodeTarget;
 use aadpodid_runtime::decoded::list_all;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, ListParams};
@@ -45,7 +44,7 @@ pub struct Settings {
 /// What ARM says about the node's VM or scale set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArmView {
-    pub target: NodeTarget,
+    pub target: VmTarget,
     /// User-assigned identity resource IDs on it, or why they could not be read.
     pub user_assigned: Result<Vec<String>, String>,
 }
@@ -145,12 +144,8 @@ async fn events(client: &Client, pod: &Pod, bindings: &[AzureIdentityBinding]) -
 /// credentials as MIC reads them. Failures are reported, not fatal.
 async fn arm_view(azure_json: &Path, args: &ExplainPodArgs, node: &Node) -> ArmView {
     let (_, target) = aadpodid_mic::view::node_view(node);
-    let vm = match &target {
-        NodeTarget::Vm(n) => VmTarget::Vm(n.clone()),
-        NodeTarget::Vmss(n) => VmTarget::Vmss(n.clone()),
-    };
     let user_assigned = match arm_client(azure_json, args) {
-        Ok(arm) => match tokio::time::timeout(Duration::from_secs(60), arm.identities(&vm)).await {
+        Ok(arm) => match tokio::time::timeout(Duration::from_secs(60), arm.identities(&target)).await {
             Ok(Ok(ids)) => Ok(ids.user_assigned),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("ARM did not answer within 60 s".to_owned()),

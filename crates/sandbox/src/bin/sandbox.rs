@@ -65,7 +65,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let outcome = tokio::select! {
-        r = sandbox.seed_flow() => r.map_err(|e| (e.to_string(), sandbox.log_tails(30))),
+        r = sandbox.walkthrough() => r.map_err(|e| (e.to_string(), sandbox.log_tails(30))),
         () = interrupted() => Err(("interrupted".to_owned(), String::new())),
     };
     let code = match outcome {
@@ -108,7 +108,7 @@ async fn on_kubelet_nodes(stay_up: bool) -> std::process::ExitCode {
         () = interrupted() => return std::process::ExitCode::FAILURE,
     };
     let outcome = tokio::select! {
-        r = sandbox.seed_flow() => r.map_err(|e| e.to_string()),
+        r = sandbox.walkthrough() => r.map_err(|e| e.to_string()),
         () = interrupted() => Err("interrupted".to_owned()),
     };
     match outcome {
