@@ -16,11 +16,12 @@ use aadpodid_azure_sim::{Face, Fault, FaultKind, IdentityInfo, NodeRef, RunningS
 use aadpodid_nmi::iptables::{CHAIN, Rules};
 use aadpodid_testkit::TempNamespace;
 use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
+use aadpodid_testkit::require_root;
 use k8s_openapi::api::core::v1::{Secret, SecretReference};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{NodeSetup, assign, create_pod, create_pod_from, prepare_node, set_pod_status, set_state};
-use support::{jwt_claims, require_root, require_tool};
+use support::{jwt_claims, require_tool};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/imds_client.py");
 const NODE_CLIENT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/node");

@@ -17,10 +17,11 @@ use aadpodid_nmi::gate::NOT_READY_BODY;
 use aadpodid_nmi::iptables::{CHAIN, Rules};
 use aadpodid_testkit::TempNamespace;
 use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
+use aadpodid_testkit::require_root;
 use serde_json::Value;
 use support::cluster::{Nmi, NodeSetup, assign, create_pod, prepare_node};
 use support::lifecycle::{HeldRelay, ImdsTap, Prober, Reply, get};
-use support::{jwt_claims, require_root, require_tool};
+use support::{jwt_claims, require_tool};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/imds_client.py");
 const OWN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";

@@ -22,8 +22,9 @@ use aadpodid_nmi::select::RetryPolicy;
 use aadpodid_nmi::server::{AppState, Config};
 use aadpodid_nmi::tokens::{AzureTokens, TokenSettings};
 use aadpodid_testkit::netns::{IMDS_IP, Node, Pod};
+use aadpodid_testkit::require_root;
 use serde_json::Value;
-use support::{FixedNode, FixedSecrets, jwt_claims, require_root, require_tool};
+use support::{FixedNode, FixedSecrets, jwt_claims, require_tool};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/imds_client.py");
 const NMI_PORT: u16 = 2579;

@@ -1011,10 +1011,7 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
+    aadpodid_testkit::free_port().map_err(|e| format!("finding a free port: {e}"))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
@@ -1032,12 +1029,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 
 /// Network namespaces, iptables and `ip netns exec` need root.
 pub fn require_root() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned));
-    if uid.as_deref() == Some("0") {
+    if aadpodid_testkit::is_root() {
         Ok(())
     } else {
         Err("the sandbox needs root (network namespaces, iptables): run it as root, e.g. `sudo bash hack/sandbox.sh`"

@@ -69,10 +69,7 @@ fn host_env() -> BTreeMap<String, String> {
 }
 
 fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
+    aadpodid_testkit::free_port().map_err(|e| format!("finding a free port: {e}"))
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, String> {

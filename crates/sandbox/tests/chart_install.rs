@@ -11,7 +11,7 @@
 //! builds them; alone, run `cargo build -p aadpodid-mic -p aadpodid-nmi -p aadpodid-cli` first).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aadpodid_api::{AzureIdentity, AzureIdentityBinding, AzureIdentitySpec};
 use aadpodid_sandbox::{Config, NAMESPACE, POD_NAMESPACE, RELEASE, Sandbox};
@@ -185,15 +185,8 @@ fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
     newest
 }
 
-async fn poll<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+async fn poll<T, F: std::future::Future<Output = Option<T>>>(what: &str, f: impl FnMut() -> F) -> T {
+    aadpodid_testkit::eventually(what, DEADLINE, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,3 +49,16 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Like [`poll_until`] for a test: polls `check` every 100 ms and panics with `what` after
+/// `deadline` (a failed wait is a failed test, never a skip).
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll_until(what, deadline, check).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {deadline:?} waiting for: {what}"),
+    }
+}

@@ -127,5 +127,5 @@ impl MicProcess {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(aadpodid_testkit::free_port()?)
 }

@@ -6,9 +6,8 @@
 pub mod relay;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aadpodid_api::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec, AzureIdentitySpec,
@@ -32,21 +31,7 @@ pub async fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use aadpodid_testkit::eventually;
 
 /// The apiserver, the simulator and the files MIC reads.
 pub struct World {
@@ -493,7 +478,7 @@ fn write_azure_json(sim: &RunningSim, client_id: &str, secret: &str) -> PathBuf 
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    aadpodid_testkit::free_port().expect("free port")
 }
 
 async fn create_node(client: &Client, name: &str, provider_id: &str) {

@@ -23,12 +23,6 @@ pub fn require_tool(program: &str, probe: &[&str], install: &str) {
     assert!(ok, "`{program}` is required for this test; install it with: {install}");
 }
 
-/// Root is needed for network namespaces and iptables.
-pub fn require_root() {
-    let out = Command::new("id").arg("-u").output().expect("id -u");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "this test needs root (network namespaces, iptables)");
-}
-
 /// Pods and their assigned identities, set by the test.
 #[derive(Default)]
 pub struct FixedNode {
