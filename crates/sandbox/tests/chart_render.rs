@@ -2,7 +2,7 @@
 //! behaviours that matter (managed mode, adminsecret, azureIdentities, exact RBAC rules).
 //!
 //! Needs only the `helm` binary (no cluster). Regenerate the goldens with
-//! `UPDATE_GOLDEN=1 cargo test -p aadpodid-testkit --test chart`.
+//! `UPDATE_GOLDEN=1 cargo test -p aadpodid-sandbox --test chart_render`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -155,7 +155,7 @@ fn golden_templates() {
     }
     assert!(
         failures.is_empty(),
-        "{}\nif the change is intended, run `UPDATE_GOLDEN=1 cargo test -p aadpodid-testkit --test chart` and review the diff",
+        "{}\nif the change is intended, run `UPDATE_GOLDEN=1 cargo test -p aadpodid-sandbox --test chart_render` and review the diff",
         failures.join("\n")
     );
 }
