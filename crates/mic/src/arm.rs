@@ -17,7 +17,6 @@ use aadpodid_azure::cloud::{AzureEnvironment, CloudConfig, CloudError};
 use aadpodid_azure::token::{AadClient, DEFAULT_IMDS_URL, ImdsClient, RetryPolicy, TokenError};
 
 use crate::args::Args;
-use crate::controller::Reload;
 use crate::env::Env;
 use crate::metrics::Metrics;
 
@@ -100,28 +99,28 @@ impl ArmSource {
         Arc::clone(&self.current)
     }
 
-    /// A hook that rebuilds the client when the config file's modification time changes;
-    /// `None` when the config comes from the environment.
-    pub fn reloader(mut self) -> Option<Reload> {
-        self.settings.cloudconfig.clone()?;
-        Some(Box::new(move || {
-            let path = self.settings.cloudconfig.as_ref()?;
-            let now = mtime(path);
-            if now == self.modified {
-                return None;
+    /// A new client when the config file's modification time changed since the last look and
+    /// the new config builds; `None` otherwise (and always when the config comes from the
+    /// environment). A config that does not build keeps the previous client.
+    pub fn reload(&mut self) -> Option<Arc<dyn Arm>> {
+        let path = self.settings.cloudconfig.as_ref()?;
+        let now = mtime(path);
+        if now == self.modified {
+            return None;
+        }
+        self.modified = now;
+        match build(&self.settings) {
+            Ok((config, arm)) => {
+                tracing::info!(config = ?config, "Cloud config reloaded");
+                self.config = config;
+                self.current = Arc::clone(&arm);
+                Some(arm)
             }
-            self.modified = now;
-            match build(&self.settings) {
-                Ok((config, arm)) => {
-                    tracing::info!(config = ?config, "Cloud config reloaded");
-                    Some(arm)
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, "Reloading the cloud config failed; keeping the previous client");
-                    None
-                }
+            Err(error) => {
+                tracing::error!(error = %error, "Reloading the cloud config failed; keeping the previous client");
+                None
             }
-        }))
+        }
     }
 }
 

@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aadpodid_api::AssignedIdentityState;
+use aadpodid_runtime::Health;
 use tokio::sync::Notify;
 
-use aadpodid_azure::arm::Arm;
-
 use crate::act::{self, Ctx};
+use crate::arm::ArmSource;
 use crate::cache::Caches;
 use crate::decide::{self, Immutable, Mode};
 use crate::events::redact_guids;
-use crate::gate::LeaderView;
+use crate::gate::{GatedArm, LeaderView};
+use crate::upgrade::{TypeUpgrade, UpgradeError};
 use crate::view::VmTarget;
 
 /// How the loop runs.
@@ -48,12 +49,6 @@ impl Default for LoopConfig {
     }
 }
 
-/// Replaces the ARM client when the cloud config changes (checked before each cycle).
-pub type Reload = Box<dyn FnMut() -> Option<Arc<dyn Arm>> + Send + Sync>;
-
-/// Hook run once when this replica becomes leader, before it acts (the type upgrade).
-pub type OnElected = Box<dyn FnMut() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
-
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -61,25 +56,27 @@ pub enum LoopError {
     CachesStopped,
     #[error("leader election stopped")]
     LeaderGone,
-    #[error("on becoming leader: {0}")]
-    Elected(String),
+    #[error("on becoming leader")]
+    Elected(#[source] UpgradeError),
 }
 
 /// The running controller.
 pub struct Controller {
-    pub cfg: LoopConfig,
-    pub caches: Caches,
-    pub wake: Arc<Notify>,
-    pub ctx: Ctx,
-    pub reload: Option<Reload>,
-    pub on_elected: Option<OnElected>,
-    pub leader: LeaderView,
-    /// Told when this replica starts doing its job (leading and syncing), for `/healthz`.
-    pub set_active: Arc<dyn Fn(bool) + Send + Sync>,
-    /// Set once the on-elected hook has run; nothing is written before.
-    pub is_elected: bool,
+    cfg: LoopConfig,
+    caches: Caches,
+    wake: Arc<Notify>,
+    ctx: Ctx,
+    /// Rebuilds the ARM client when the cloud config file changes (checked before each cycle).
+    arm_source: Option<ArmSource>,
+    /// Run once when this replica becomes leader, before it acts.
+    upgrade: Option<TypeUpgrade>,
+    leader: LeaderView,
+    /// `/healthz`: Active once this replica leads and has run its first cycle's preparations.
+    health: Health,
+    /// Set once the on-elected work has run; nothing is written before.
+    is_elected: bool,
     /// When to retry after a failed cycle, and the backoff that led there.
-    pub retry: Option<(Instant, Duration)>,
+    retry: Option<(Instant, Duration)>,
 }
 
 /// The shortest period of the loop's tickers (a zero period is not a period).
@@ -114,6 +111,42 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Controller {
+    /// A controller deciding from `caches`, woken by `wake`, acting through `ctx` while
+    /// `leader` says so; no config reload, no type upgrade, its own health flag.
+    pub fn new(cfg: LoopConfig, caches: Caches, wake: Arc<Notify>, ctx: Ctx, leader: LeaderView) -> Self {
+        Self {
+            cfg,
+            caches,
+            wake,
+            ctx,
+            arm_source: None,
+            upgrade: None,
+            leader,
+            health: Health::new(),
+            is_elected: false,
+            retry: None,
+        }
+    }
+
+    /// Re-reads the cloud config from `source` when its file changes; new clients are gated
+    /// by the same leadership as the first.
+    pub fn with_arm_source(mut self, source: ArmSource) -> Self {
+        self.arm_source = Some(source);
+        self
+    }
+
+    /// Runs the type upgrade once this replica leads, before anything else.
+    pub fn with_type_upgrade(mut self, upgrade: TypeUpgrade) -> Self {
+        self.upgrade = Some(upgrade);
+        self
+    }
+
+    /// Reports Active on `health` once leading.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
     /// Runs until leadership is gone for good or a fatal error.
     pub async fn run(mut self) -> Result<(), LoopError> {
         self.caches.ready().await.map_err(|_| LoopError::CachesStopped)?;
@@ -151,10 +184,10 @@ impl Controller {
     async fn elected(&mut self) -> Result<(), LoopError> {
         self.is_elected = true;
         self.ctx.metrics.new_leader_election_count.inc();
-        if let Some(hook) = self.on_elected.as_mut() {
-            hook().await.map_err(LoopError::Elected)?;
+        if let Some(upgrade) = &self.upgrade {
+            upgrade.run().await.map_err(LoopError::Elected)?;
         }
-        (self.set_active)(true);
+        self.health.set_active(true);
         Ok(())
     }
 
@@ -170,9 +203,9 @@ impl Controller {
 
     async fn cycle(&mut self, n: u64) {
         let started = Instant::now();
-        if let Some(new) = self.reload.as_mut().and_then(|r| r()) {
+        if let Some(new) = self.arm_source.as_mut().and_then(ArmSource::reload) {
             tracing::info!("Cloud config changed; ARM client re-initialised");
-            self.ctx.arm = new;
+            self.ctx.arm = GatedArm::wrap(new, self.leader.clone());
         }
         let snap = self.caches.snapshot();
         let desired = decide::desired(&snap.pods, &snap.bindings, &snap.identities, self.cfg.mode);

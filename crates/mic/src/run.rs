@@ -12,7 +12,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::act::Ctx;
 use crate::args::Args;
-use crate::controller::{Controller, LoopConfig, LoopError, OnElected, Reload};
+use crate::controller::{Controller, LoopConfig, LoopError};
 use crate::decide::{Immutable, Mode};
 use crate::env::Env;
 use crate::events::{self, Recorder};
@@ -20,7 +20,7 @@ use crate::gate::{self, GatedArm, LeaderPublisher, LeaderView, WriteGateLayer};
 use crate::leader::{self, LeaderConfig};
 use crate::lease::Timing;
 use crate::metrics::Metrics;
-use crate::upgrade::{UpgradeConfig, upgrade_if_required};
+use crate::upgrade::{TypeUpgrade, UpgradeConfig};
 use crate::{arm, cache};
 
 /// Runs MIC until SIGTERM/SIGINT, a lost leadership or a fatal error.
@@ -77,30 +77,24 @@ pub async fn run_until(
     let (caches, watches) = cache::start(&clients.watch, &wake, &report_undecodable);
     let _abort_watches: Vec<AbortOnDrop> = watches.iter().map(|w| AbortOnDrop(w.abort_handle())).collect();
     let force_namespaced = args.force_namespaced || env.get("FORCENAMESPACED") == Some("true");
-    let controller = Controller {
-        cfg: LoopConfig {
-            mode: Mode { force_namespaced },
-            immutable,
-            resync: args.sync_period(),
-            drift_every: args.reconcile_period(),
-            ..LoopConfig::default()
-        },
-        caches,
-        wake,
-        ctx: Ctx {
-            client: clients.write.clone(),
-            arm: GatedArm::wrap(source.current(), clients.leader.clone()),
-            events: recorder,
-            metrics,
-            batch: usize::try_from(args.create_delete_batch.max(1)).unwrap_or(20),
-        },
-        reload: gated_reload(source, clients.leader.clone()),
-        on_elected: Some(type_upgrade(&args, clients.write, namespace)),
-        leader: clients.leader,
-        set_active: Arc::new(move |a| health.set_active(a)),
-        is_elected: false,
-        retry: None,
+    let cfg = LoopConfig {
+        mode: Mode { force_namespaced },
+        immutable,
+        resync: args.sync_period(),
+        drift_every: args.reconcile_period(),
+        ..LoopConfig::default()
     };
+    let ctx = Ctx {
+        client: clients.write.clone(),
+        arm: GatedArm::wrap(source.current(), clients.leader.clone()),
+        events: recorder,
+        metrics,
+        batch: usize::try_from(args.create_delete_batch.max(1)).unwrap_or(20),
+    };
+    let controller = Controller::new(cfg, caches, wake, ctx, clients.leader)
+        .with_arm_source(source)
+        .with_type_upgrade(type_upgrade(&args, clients.write, namespace))
+        .with_health(health);
     let result = tokio::select! {
         r = controller.run() => match r {
             // The election ended (its publisher is gone): its own outcome says why.
@@ -156,12 +150,6 @@ impl Clients {
     }
 }
 
-/// The reload hook, with every new ARM client gated like the first.
-fn gated_reload(source: arm::ArmSource, leader: LeaderView) -> Option<Reload> {
-    let mut reload = source.reloader()?;
-    Some(Box::new(move || reload().map(|arm| GatedArm::wrap(arm, leader.clone()))))
-}
-
 /// Stops a spawned task when MIC stops, however it stops (including a dropped future in tests).
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -190,22 +178,12 @@ fn spawn_servers(args: &Args, health: &Health, metrics: &Metrics, shutdown: &wat
     }
 }
 
-fn type_upgrade(args: &Args, client: kube::Client, namespace: String) -> OnElected {
+fn type_upgrade(args: &Args, client: kube::Client, namespace: String) -> TypeUpgrade {
     let cfg = UpgradeConfig {
         namespace,
         config_map: args.config_map_name.clone(),
         key: args.type_upgrade_status_key.clone(),
         version: aadpodid_runtime::VERSION.to_owned(),
     };
-    let enabled = args.enable_type_upgrade;
-    Box::new(move || {
-        let client = client.clone();
-        let cfg = cfg.clone();
-        Box::pin(async move {
-            if !enabled {
-                return Ok(());
-            }
-            upgrade_if_required(&client, &cfg).await.map_err(|e| format!("{:#}", anyhow::Error::new(e)))
-        })
-    })
+    TypeUpgrade { client, cfg, enabled: args.enable_type_upgrade }
 }

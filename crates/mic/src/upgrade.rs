@@ -44,6 +44,25 @@ pub enum UpgradeError {
 
 type Rewritten<K> = BTreeMap<(String, String), K>;
 
+/// The type upgrade as MIC runs it on becoming leader: `--enable-type-upgrade` decides whether
+/// it runs at all.
+#[derive(Clone)]
+pub struct TypeUpgrade {
+    pub client: Client,
+    pub cfg: UpgradeConfig,
+    pub enabled: bool,
+}
+
+impl TypeUpgrade {
+    /// Upgrades once (recorded in the ConfigMap) when enabled.
+    pub async fn run(&self) -> Result<(), UpgradeError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        upgrade_if_required(&self.client, &self.cfg).await
+    }
+}
+
 /// Runs the upgrade unless the ConfigMap already records it.
 pub async fn upgrade_if_required(client: &Client, cfg: &UpgradeConfig) -> Result<(), UpgradeError> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.namespace);
