@@ -6,7 +6,7 @@
 //! pending operation; the applied set catches up when the operation's due time has passed
 //! (`State::settle`). Writes queue behind each other per VM/VMSS.
 //!
-//! One [`State`] holds everything, because some changes cross concerns (creating a user-assigned
+//! One `State` holds everything, because some changes cross concerns (creating a user-assigned
 //! identity also registers it as an Azure AD client); its methods are split by what they touch:
 //! - `compute`: VMs, scale sets and the long-running operations that change them;
 //! - `compute_identity`: the `identity` property of a VM or scale set and ARM's rules for changing it;
