@@ -126,6 +126,7 @@
 pub mod aad;
 pub mod admin;
 pub mod arm;
+mod config;
 mod der;
 pub mod envfile;
 pub mod faults;
@@ -134,12 +135,12 @@ pub mod jwt;
 pub mod seed;
 mod server;
 mod sim;
+mod start;
 pub mod state;
 pub mod tls;
 
+pub use config::{DEFAULT_SUBSCRIPTION_ID, DEFAULT_TENANT_ID, Endpoints, SimConfig, Timing};
 pub use faults::{Counters, Face, Fault, FaultKind, TargetCounts};
-pub use sim::{
-    BUILTIN_CLIENT_ID, DEFAULT_SUBSCRIPTION_ID, DEFAULT_TENANT_ID, Endpoints, ImdsHandle, RunningSim, SimConfig,
-    SimError, Simulator, Timing,
-};
+pub use sim::{BUILTIN_CLIENT_ID, SimError, Simulator};
+pub use start::{ImdsHandle, RunningSim};
 pub use state::{AttachedIdentity, ComputeKind, Identities, IdentityInfo, NodeRef, SystemIdentity};
