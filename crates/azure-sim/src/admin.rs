@@ -12,9 +12,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::config::Timing;
 use crate::faults::Fault;
 use crate::seed::{Seed, pem_to_der};
-use crate::sim::{Simulator, Timing};
+use crate::sim::Simulator;
 
 /// The admin router (state already applied).
 pub(crate) fn router(sim: Simulator) -> Router {

@@ -30,6 +30,44 @@
 //! long-running operations. Set [`SimConfig::lro_duration`] (or [`Simulator::set_lro_duration`]) to make
 //! writes stay `InProgress`, and [`SimConfig::arm_latency`] for realistic benchmarks (1–2 s).
 //!
+//! ## Stand-alone: the `azure-sim` binary
+//! The tests and the local sandbox (`crates/sandbox`) embed the simulator through this library, because
+//! they need the handle for faults and read-backs. The `azure-sim` binary runs the same simulator as a
+//! process of its own, for manual testing: pointing our MIC and NMI, the original ones or an Azure SDK at
+//! it by hand, or building a sandbox of your own out of network-namespace nodes.
+//!
+//! `azure-sim serve` runs until Ctrl-C:
+//! - `--arm-http`, `--arm-https`, `--aad-http`, `--aad-https` `<addr:port>`: the four listeners (fixed
+//!   loopback ports by default, so scripts can rely on them; `/admin` is on both ARM ones);
+//! - `--tenant-id`, `--subscription-id`, `--location`: the world's identifiers;
+//! - `--seed <file>`: VMs, scale sets, identities, service principals and federated credentials to
+//!   create at start, YAML or JSON (format in [`seed`]; the same document `POST /admin/seed` takes);
+//! - `--state-dir <dir>`: where `ca.pem`, `azurestackcloud.json` and `endpoints.json` are written;
+//! - `--tls-name <ip or dns>` (repeatable): extra names for the HTTPS certificate, e.g. the host address
+//!   nodes in network namespaces reach it by (ARM also accepts tokens for its URL under that name);
+//! - `--arm-latency`, `--lro-duration` (`1500ms`, `2s`, ...): as [`SimConfig::arm_latency`] and
+//!   [`SimConfig::lro_duration`];
+//! - `--env-file-http`: write `azurestackcloud.json` with the plain-HTTP listeners, for clients that
+//!   cannot be given the run's CA;
+//! - `--imds <node>@<addr>` or `--imds <node>@<netns>/<addr>` (repeatable): an IMDS for a node, where
+//!   node is `vm:<name>` or `vmss:<name>:<instance>` (`vm:<rg>/<name>` pins the resource group). Given a
+//!   network namespace (named as `ip netns add` names it), the listener is bound inside it, so processes
+//!   of that "node" reach IMDS at its real address, e.g. `vm:node-1@node-1/169.254.169.254:80` once the
+//!   namespace has `169.254.169.254` on an interface.
+//!
+//! Once listening, `serve` prints one JSON line on stdout (endpoints, tenant, subscription, CA path,
+//! environment-file path, IMDS URLs) and writes the same to `endpoints.json`, so a script can wait for
+//! it and read the ports. Logs go to stderr, filtered by `RUST_LOG` (default `info`). The original MIC
+//! finds the simulator with `cloud: AzureStackCloud`, `AZURE_ENVIRONMENT_FILEPATH=<state dir>/azurestackcloud.json`
+//! and `SSL_CERT_FILE=<state dir>/ca.pem`.
+//!
+//! `azure-sim --help` shows the defaults and a worked example.
+//!
+//! `azure-sim identity create -g <rg> -n <name> [-o json] [--admin-url <url>]` creates a user-assigned
+//! identity in a running simulator (through `POST /admin/identities`; the URL also comes from
+//! `AZURE_SIM_ADMIN_URL`) and prints it as `az identity create -o json` would, so getting-started steps
+//! written for the Azure CLI can be followed by hand.
+//!
 //! ## ARM face
 //! - `GET|PUT|PATCH /subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}`
 //!   and `.../virtualMachineScaleSets/{vmss}`; paths case-insensitive. `identity.type` `None`,
@@ -101,7 +139,7 @@
 //! without the resource group). Writes are PUT/PATCH calls that got past faults and authentication,
 //! whatever their outcome. Authenticated ARM calls are also counted per caller, by the token's `appid`
 //! ([`Counters::caller_writes`]), so two clients with their own credentials can be told apart.
-//! whatever their outcome. IMDS token calls also record their load peaks: the most in progress at once
+//! IMDS token calls also record their load peaks: the most in progress at once
 //! ([`Counters::peak_concurrent`]) and the most started within one second ([`Counters::peak_per_second`]),
 //! injected latency included. [`Simulator::revoke_service_principal_secret`] revokes a client secret and
 //! [`Simulator::delete_user_assigned_identity`] deletes an identity (refusals for token caches).
@@ -126,6 +164,7 @@
 pub mod aad;
 pub mod admin;
 pub mod arm;
+mod config;
 mod der;
 pub mod envfile;
 pub mod faults;
@@ -134,12 +173,12 @@ pub mod jwt;
 pub mod seed;
 mod server;
 mod sim;
+mod start;
 pub mod state;
 pub mod tls;
 
+pub use config::{DEFAULT_SUBSCRIPTION_ID, DEFAULT_TENANT_ID, Endpoints, SimConfig, Timing};
 pub use faults::{Counters, Face, Fault, FaultKind, TargetCounts};
-pub use sim::{
-    BUILTIN_CLIENT_ID, DEFAULT_SUBSCRIPTION_ID, DEFAULT_TENANT_ID, Endpoints, ImdsHandle, RunningSim, SimConfig,
-    SimError, Simulator, Timing,
-};
+pub use sim::{BUILTIN_CLIENT_ID, SimError, Simulator};
+pub use start::{ImdsHandle, RunningSim};
 pub use state::{AttachedIdentity, ComputeKind, Identities, IdentityInfo, NodeRef, SystemIdentity};

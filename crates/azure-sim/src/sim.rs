@@ -1,25 +1,21 @@
-//! The simulator handle shared by all faces ([`Simulator`]), its configuration ([`SimConfig`]) and a
-//! running instance with its listeners ([`RunningSim`]).
+//! The simulator handle shared by all faces ([`Simulator`]): the state behind a lock, faults, counters,
+//! timing and token minting. It knows nothing of listeners or routers, so the faces can depend on it
+//! and start-up (`start.rs`) can depend on both.
 //!
 //! Locks (`std::sync::Mutex`) guard plain data and are never held across an `.await`.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 
+use crate::config::{Endpoints, SimConfig, Timing};
 use crate::faults::{Counters, Face, Fault, FaultKind, FaultTable, Load, TargetCounts, target_key};
 use crate::jwt::{JwtError, SigningKey};
 use crate::state::{ComputeKind, FederatedCredential, Identities, IdentityInfo, JwksSource, NodeRef, State};
-use crate::tls::TlsMaterial;
 
-/// The tenant used when none is configured.
-pub const DEFAULT_TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-/// The subscription used when none is configured.
-pub const DEFAULT_SUBSCRIPTION_ID: &str = "2a1b3c4d-0000-4000-8000-00000000a51e";
 /// The client ID of the built-in app the simulator mints [`Simulator::arm_token`] tokens for.
 pub const BUILTIN_CLIENT_ID: &str = "5ab1e000-0000-4000-8000-000000000001";
 
@@ -58,100 +54,6 @@ pub enum SimError {
     Invalid(String),
 }
 
-/// How to start the simulator. `Default` gives loopback listeners on free ports, no ARM latency and
-/// instant long-running operations (what most tests want).
-#[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// ARM over plain HTTP.
-    pub arm_http_addr: SocketAddr,
-    /// ARM over HTTPS.
-    pub arm_https_addr: SocketAddr,
-    /// Azure AD over plain HTTP.
-    pub aad_http_addr: SocketAddr,
-    /// Azure AD over HTTPS.
-    pub aad_https_addr: SocketAddr,
-    /// Tenant ID.
-    pub tenant_id: String,
-    /// Subscription ID.
-    pub subscription_id: String,
-    /// Region of everything created.
-    pub location: String,
-    /// Where to write `ca.pem` (and, on request, the Azure Stack environment file); `None` = a temporary
-    /// directory removed with the [`RunningSim`].
-    pub state_dir: Option<PathBuf>,
-    /// Extra names (IP addresses or DNS names) for the HTTPS certificate, e.g. an address reachable from
-    /// node network namespaces.
-    pub tls_names: Vec<String>,
-    /// Added to every ARM call (benchmarks: 1–2 s is realistic; tests: zero).
-    pub arm_latency: Duration,
-    /// How long a VM/VMSS write stays `InProgress` before its identities are applied.
-    pub lro_duration: Duration,
-    /// Lifetime of Azure AD tokens.
-    pub aad_token_lifetime: Duration,
-    /// Lifetime of IMDS (managed identity) tokens.
-    pub imds_token_lifetime: Duration,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self {
-            arm_http_addr: lo,
-            arm_https_addr: lo,
-            aad_http_addr: lo,
-            aad_https_addr: lo,
-            tenant_id: DEFAULT_TENANT_ID.to_owned(),
-            subscription_id: DEFAULT_SUBSCRIPTION_ID.to_owned(),
-            location: "westus2".to_owned(),
-            state_dir: None,
-            tls_names: Vec::new(),
-            arm_latency: Duration::ZERO,
-            lro_duration: Duration::ZERO,
-            aad_token_lifetime: Duration::from_secs(3599),
-            imds_token_lifetime: Duration::from_secs(86399),
-        }
-    }
-}
-
-/// Timing knobs that can change while the simulator runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Timing {
-    /// Added to every ARM call.
-    #[serde(with = "duration_ms")]
-    pub arm_latency: Duration,
-    /// How long writes stay `InProgress`.
-    #[serde(with = "duration_ms")]
-    pub lro_duration: Duration,
-}
-
-mod duration_ms {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
-
-/// The URLs a running simulator serves on (set once its listeners are bound).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Endpoints {
-    /// ARM, plain HTTP, no trailing slash.
-    pub arm_http: String,
-    /// ARM, HTTPS.
-    pub arm_https: String,
-    /// Azure AD, plain HTTP.
-    pub aad_http: String,
-    /// Azure AD, HTTPS.
-    pub aad_https: String,
-}
-
 pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     faults: Mutex<FaultTable>,
@@ -172,7 +74,7 @@ pub(crate) struct Inner {
 }
 
 /// A handle to the simulated Azure: seeding, fault injection, counters and read-backs. Cheap to clone;
-/// all clones see the same state. Obtained from [`RunningSim`] (which derefs to it).
+/// all clones see the same state. Obtained from [`RunningSim`](crate::RunningSim) (which derefs to it).
 #[derive(Clone)]
 pub struct Simulator {
     pub(crate) inner: Arc<Inner>,
@@ -220,7 +122,7 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl Simulator {
-    fn new(cfg: &SimConfig) -> Result<Self, SimError> {
+    pub(crate) fn new(cfg: &SimConfig) -> Result<Self, SimError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SimError::NoRuntime)?;
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
@@ -248,11 +150,6 @@ impl Simulator {
                 runtime,
             }),
         })
-    }
-
-    /// Starts ARM and Azure AD on their HTTP and HTTPS listeners. Must be called inside a Tokio runtime.
-    pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
-        RunningSim::start(cfg).await
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -598,203 +495,21 @@ impl Simulator {
         Ok(self.mint(&subject, "https://management.azure.com/", self.inner.aad_token_lifetime)?.token)
     }
 
-    // === IMDS ===
+    // === IMDS bookkeeping (serving is in `start.rs`) ===
 
-    /// Serves a node's IMDS on `listener` (which may have been bound inside another network namespace).
-    /// The server runs until the [`RunningSim`] is dropped or the returned handle is stopped.
-    pub fn serve_imds(&self, listener: std::net::TcpListener, node: NodeRef) -> Result<ImdsHandle, SimError> {
-        let addr = listener.local_addr().map_err(|e| SimError::Bind { addr: "imds".into(), source: e })?;
-        listener.set_nonblocking(true).map_err(|e| SimError::Bind { addr: addr.to_string(), source: e })?;
-        let _guard = self.inner.runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| SimError::Bind { addr: addr.to_string(), source: e })?;
-        let router = crate::imds::router(self.clone(), node.clone());
-        let task = self.inner.runtime.spawn(crate::server::serve(listener, router, None));
-        let abort = task.abort_handle();
-        self.inner.imds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(abort.clone());
-        tracing::info!(%addr, node = %node.node_name(), "IMDS serving");
-        Ok(ImdsHandle { addr, node, abort })
+    /// The runtime the simulator was created on; IMDS servers started from other threads run there.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.runtime
     }
 
-    /// Binds `addr` on this thread's network namespace and serves a node's IMDS there.
-    pub fn serve_imds_on(&self, addr: SocketAddr, node: NodeRef) -> Result<ImdsHandle, SimError> {
-        let listener =
-            std::net::TcpListener::bind(addr).map_err(|e| SimError::Bind { addr: addr.to_string(), source: e })?;
-        self.serve_imds(listener, node)
+    /// Remembers a running IMDS server so that dropping the [`RunningSim`](crate::RunningSim) stops it.
+    pub(crate) fn track_imds(&self, abort: AbortHandle) {
+        self.inner.imds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(abort);
     }
 
     pub(crate) fn abort_all_imds(&self) {
         for h in self.inner.imds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
             h.abort();
         }
-    }
-}
-
-/// A running IMDS instance.
-#[derive(Debug, Clone)]
-pub struct ImdsHandle {
-    addr: SocketAddr,
-    node: NodeRef,
-    abort: AbortHandle,
-}
-
-impl ImdsHandle {
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-    /// `http://<addr>`: the value for `AZURE_POD_IDENTITY_AUTHORITY_HOST`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-    /// The node it serves.
-    pub fn node(&self) -> &NodeRef {
-        &self.node
-    }
-    /// Stops serving.
-    pub fn stop(&self) {
-        self.abort.abort();
-    }
-}
-
-/// A started simulator: the listeners and the [`Simulator`] handle (through `Deref`). Dropping it stops
-/// every server, IMDS instances included, and removes its temporary directory.
-pub struct RunningSim {
-    sim: Simulator,
-    tasks: Vec<AbortHandle>,
-    tls: TlsMaterial,
-    state_dir: PathBuf,
-    ca_path: PathBuf,
-    _tempdir: Option<tempfile::TempDir>,
-}
-
-impl std::fmt::Debug for RunningSim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningSim").field("endpoints", &self.sim.endpoints()).finish_non_exhaustive()
-    }
-}
-
-impl std::ops::Deref for RunningSim {
-    type Target = Simulator;
-    fn deref(&self) -> &Simulator {
-        &self.sim
-    }
-}
-
-impl Drop for RunningSim {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        self.sim.abort_all_imds();
-    }
-}
-
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), SimError> {
-    let l =
-        tokio::net::TcpListener::bind(addr).await.map_err(|e| SimError::Bind { addr: addr.to_string(), source: e })?;
-    let local = l.local_addr().map_err(|e| SimError::Bind { addr: addr.to_string(), source: e })?;
-    Ok((l, local))
-}
-
-fn url_of(scheme: &str, addr: SocketAddr) -> String {
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-    match addr {
-        SocketAddr::V6(_) if !addr.ip().is_unspecified() => format!("{scheme}://[{host}]:{}", addr.port()),
-        _ => format!("{scheme}://{host}:{}", addr.port()),
-    }
-}
-
-impl RunningSim {
-    async fn start(cfg: SimConfig) -> Result<Self, SimError> {
-        let sim = Simulator::new(&cfg)?;
-        let (state_dir, tempdir) = match &cfg.state_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).map_err(|e| SimError::Write { path: d.clone(), source: e })?;
-                (d.clone(), None)
-            }
-            None => {
-                let t = tempfile::Builder::new()
-                    .prefix("azure-sim-")
-                    .tempdir()
-                    .map_err(|e| SimError::Write { path: std::env::temp_dir(), source: e })?;
-                (t.path().to_path_buf(), Some(t))
-            }
-        };
-        let tls = crate::tls::generate(&cfg.tls_names)?;
-        let ca_path = state_dir.join("ca.pem");
-        std::fs::write(&ca_path, &tls.ca_pem).map_err(|e| SimError::Write { path: ca_path.clone(), source: e })?;
-
-        let (arm_http, arm_http_addr) = bind(cfg.arm_http_addr).await?;
-        let (arm_https, arm_https_addr) = bind(cfg.arm_https_addr).await?;
-        let (aad_http, aad_http_addr) = bind(cfg.aad_http_addr).await?;
-        let (aad_https, aad_https_addr) = bind(cfg.aad_https_addr).await?;
-        sim.set_endpoints(Endpoints {
-            arm_http: url_of("http", arm_http_addr),
-            arm_https: url_of("https", arm_https_addr),
-            aad_http: url_of("http", aad_http_addr),
-            aad_https: url_of("https", aad_https_addr),
-        });
-        let cfg_tls = Some(tls.server_config.clone());
-        let arm_router = |scheme| crate::arm::router(sim.clone(), scheme);
-        let aad_router = |scheme| crate::aad::router(sim.clone(), scheme);
-        let tasks = vec![
-            tokio::spawn(crate::server::serve(arm_http, arm_router("http"), None)).abort_handle(),
-            tokio::spawn(crate::server::serve(arm_https, arm_router("https"), cfg_tls.clone())).abort_handle(),
-            tokio::spawn(crate::server::serve(aad_http, aad_router("http"), None)).abort_handle(),
-            tokio::spawn(crate::server::serve(aad_https, aad_router("https"), cfg_tls)).abort_handle(),
-        ];
-        tracing::info!(endpoints = ?sim.endpoints(), tenant = %sim.tenant_id(), "Azure simulator started");
-        Ok(Self { sim, tasks, tls, state_dir, ca_path, _tempdir: tempdir })
-    }
-
-    /// The [`Simulator`] handle (also reachable through `Deref`).
-    pub fn sim(&self) -> &Simulator {
-        &self.sim
-    }
-    /// ARM over HTTP, e.g. `http://127.0.0.1:41234` (no trailing slash).
-    pub fn arm_url(&self) -> String {
-        self.sim.endpoints().arm_http
-    }
-    /// ARM over HTTPS (certificate signed by [`Self::ca_cert_pem`]).
-    pub fn arm_https_url(&self) -> String {
-        self.sim.endpoints().arm_https
-    }
-    /// Azure AD over HTTP: the authority host; token URLs are `<this>/<tenant>/oauth2/token`.
-    pub fn aad_url(&self) -> String {
-        self.sim.endpoints().aad_http
-    }
-    /// Azure AD over HTTPS.
-    pub fn aad_https_url(&self) -> String {
-        self.sim.endpoints().aad_https
-    }
-    /// Path of the CA certificate (PEM) that signed the HTTPS certificate.
-    pub fn ca_cert_pem_path(&self) -> &Path {
-        &self.ca_path
-    }
-    /// The CA certificate (PEM).
-    pub fn ca_cert_pem(&self) -> &str {
-        &self.tls.ca_pem
-    }
-    /// The CA certificate (DER), e.g. for `reqwest::Certificate::from_der`.
-    pub fn ca_cert_der(&self) -> &[u8] {
-        &self.tls.ca_der
-    }
-    /// The directory holding `ca.pem` and environment files.
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-
-    /// Writes an autorest Azure Stack environment file (for `cloud: AzureStackCloud` with
-    /// `AZURE_ENVIRONMENT_FILEPATH`) pointing at the HTTPS (or, with `https = false`, HTTP) listeners,
-    /// and returns its path (`<state dir>/azurestackcloud.json`).
-    pub fn write_azure_stack_environment(&self, https: bool) -> Result<PathBuf, SimError> {
-        let e = self.sim.endpoints();
-        let (arm, aad) = if https { (e.arm_https, e.aad_https) } else { (e.arm_http, e.aad_http) };
-        let doc = crate::envfile::azure_stack_environment(&arm, &aad);
-        let path = self.state_dir.join("azurestackcloud.json");
-        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|e| SimError::Write { path: path.clone(), source: e })?;
-        Ok(path)
     }
 }

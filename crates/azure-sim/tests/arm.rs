@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use aadpodid_azure_sim::{NodeRef, RunningSim, SimConfig};
+use aadpodid_azure_sim::{NodeRef, SimConfig};
 use common::*;
 use serde_json::{Value, json};
 
@@ -225,49 +225,14 @@ async fn arm_requires_a_bearer_token_for_the_management_audience() {
     let r = http.get(&url).bearer_auth("not.a.token").send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "InvalidAuthenticationToken");
 
-    let aad = format!("{}/{}/oauth2/token", sim.aad_url(), sim.tenant_id());
-    let get_token = |resource: &'static str| {
-        let http = http.clone();
-        let aad = aad.clone();
-        async move {
-            let v: Value = http
-                .post(&aad)
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", "app-1"),
-                    ("client_secret", "s3cret"),
-                    ("resource", resource),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["access_token"].as_str().unwrap().to_owned()
-        }
-    };
-    let vault = get_token("https://vault.azure.net").await;
+    let vault = secret_token(&sim, &http, "app-1", "s3cret", "https://vault.azure.net").await;
     let r = http.get(&url).bearer_auth(vault).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "InvalidAuthenticationTokenAudience");
     for resource in ["https://management.azure.com/", "https://management.azure.com"] {
-        let arm = get_token(resource).await;
+        let arm = secret_token(&sim, &http, "app-1", "s3cret", resource).await;
         assert_eq!(http.get(&url).bearer_auth(arm).send().await.unwrap().status(), 200, "{resource}");
     }
-}
-
-/// A token for `resource` from the simulator's Azure AD, for a registered service principal.
-async fn sp_token(sim: &RunningSim, http: &reqwest::Client, resource: &str) -> String {
-    let aad = format!("{}/{}/oauth2/token", sim.aad_url(), sim.tenant_id());
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", "app-1"),
-        ("client_secret", "s3cret"),
-        ("resource", resource),
-    ];
-    let v: Value = http.post(&aad).form(&form).send().await.unwrap().json().await.unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -280,7 +245,7 @@ async fn arm_accepts_its_own_url_under_its_extra_certificate_names_as_audience()
         sim.register_service_principal_secret("app-1", "s3cret");
         let http = client();
         let port = sim.arm_https_url().rsplit_once(':').map(|(_, p)| p.trim_end_matches('/').to_owned()).unwrap();
-        let token = sp_token(&sim, &http, &format!("https://203.0.113.10:{port}/")).await;
+        let token = secret_token(&sim, &http, "app-1", "s3cret", &format!("https://203.0.113.10:{port}/")).await;
         let r = http.get(vm_url(&sim, "vm1", "2019-12-01")).bearer_auth(token).send().await.unwrap();
         assert_eq!(r.status(), want, "tls_names {names:?}");
     }

@@ -1,4 +1,4 @@
-//! The `azure-sim` binary as the sandbox runs it: `serve` with a seed file and IMDS instances (one of them
+//! The `azure-sim` binary run stand-alone: `serve` with a seed file and IMDS instances (one of them
 //! inside a network namespace at 169.254.169.254:80), and `identity create` against it.
 
 use std::io::{BufRead as _, BufReader};

@@ -7,25 +7,12 @@ use aadpodid_azure_sim::jwt::Decoded;
 use common::*;
 use serde_json::{Value, json};
 
-async fn attach(sim: &aadpodid_azure_sim::RunningSim, vm: &str, ids: &[&str], system: bool) {
-    let map: serde_json::Map<String, Value> = ids.iter().map(|i| ((*i).to_owned(), json!({}))).collect();
-    let ty = if system { "SystemAssigned, UserAssigned" } else { "UserAssigned" };
-    let r = client()
-        .patch(vm_url(sim, vm, "2024-11-01"))
-        .bearer_auth(sim.arm_token().unwrap())
-        .json(&json!({"identity": {"type": ty, "userAssignedIdentities": map}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 #[tokio::test]
 async fn tokens_carry_imds_fields_as_strings_and_the_identity_in_their_claims() {
     let sim = start().await;
     sim.create_vm(RG, "vm1");
     let id = sim.create_user_assigned_identity("id-rg", "reader");
-    attach(&sim, "vm1", &[&id.id], false).await;
+    attach(&sim, &vm_url(&sim, "vm1", "2024-11-01"), &[&id.id]).await;
     let imds = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
     let http = client();
     let (status, v) = imds_token(
@@ -70,7 +57,7 @@ async fn bad_requests_get_imds_status_codes_and_texts() {
     sim.create_vm(RG, "vm1");
     let a = sim.create_user_assigned_identity("id-rg", "a");
     let b = sim.create_user_assigned_identity("id-rg", "b");
-    attach(&sim, "vm1", &[&a.id, &b.id], false).await;
+    attach(&sim, &vm_url(&sim, "vm1", "2024-11-01"), &[&a.id, &b.id]).await;
     let imds = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
     let http = client();
     let url = format!("{}/metadata/identity/oauth2/token", imds.url());
@@ -117,7 +104,7 @@ async fn each_node_sees_only_its_own_vm_or_scale_set() {
     sim.create_vm(RG, "vm1");
     sim.create_vm(RG, "vm2");
     let id = sim.create_user_assigned_identity("id-rg", "reader");
-    attach(&sim, "vm1", &[&id.id], false).await;
+    attach(&sim, &vm_url(&sim, "vm1", "2024-11-01"), &[&id.id]).await;
     let on = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
     let off = sim.serve_imds(loopback(), NodeRef::vm("vm2")).unwrap();
     let http = client();
@@ -146,7 +133,7 @@ async fn a_deleted_identity_is_not_found_even_while_still_attached() {
     let sim = start().await;
     sim.create_vm(RG, "vm1");
     let id = sim.create_user_assigned_identity("id-rg", "reader");
-    attach(&sim, "vm1", &[&id.id], false).await;
+    attach(&sim, &vm_url(&sim, "vm1", "2024-11-01"), &[&id.id]).await;
     let imds = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
     let http = client();
     let url = format!(
@@ -189,7 +176,7 @@ async fn escaped_and_other_case_spellings_of_the_token_path_reach_the_token_endp
     let sim = start().await;
     sim.create_vm(RG, "vm1");
     let id = sim.create_user_assigned_identity("id-rg", "reader");
-    attach(&sim, "vm1", &[&id.id], false).await;
+    attach(&sim, &vm_url(&sim, "vm1", "2024-11-01"), &[&id.id]).await;
     let imds = sim.serve_imds(loopback(), NodeRef::vm("vm1")).unwrap();
     let http = client();
     for path in

@@ -68,14 +68,7 @@ async fn azure_identity_managed_identity_credential_gets_tokens_only_for_attache
     sim.create_vmss(RG, "pool", 1);
     let attached = sim.create_user_assigned_identity("id-rg", "attached");
     let other = sim.create_user_assigned_identity("id-rg", "other");
-    let r = client()
-        .patch(vmss_url(&sim, "pool", "2019-12-01"))
-        .bearer_auth(sim.arm_token().unwrap())
-        .json(&json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {attached.id.clone(): {}}}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    attach(&sim, &vmss_url(&sim, "pool", "2019-12-01"), &[&attached.id]).await;
     let imds = sim.serve_imds(loopback(), NodeRef::vmss_instance("pool", 0)).unwrap();
     let ca = sim.ca_cert_pem_path().to_string_lossy().into_owned();
     let env = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url()), ("REQUESTS_CA_BUNDLE", ca)];

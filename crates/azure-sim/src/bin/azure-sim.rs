@@ -1,4 +1,5 @@
-//! `azure-sim`: run the Azure simulator for the local sandbox, or talk to a running one.
+//! `azure-sim`: run the Azure simulator as a process of its own (manual testing, hand-built sandboxes), or
+//! talk to a running one. What it offers is documented for users in the library's crate docs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ const LONG_ABOUT: &str = "\
 Azure simulator: ARM (VM/VMSS identities, user-assigned identities), Azure AD (client credentials with
 secret, certificate or federated assertion) and one IMDS per simulated node, all in memory.
 
-Sandbox use:
+Stand-alone use (manual testing, or a sandbox of your own with network-namespace nodes):
   # start ARM/AAD on fixed loopback ports, seed the world, write ca.pem + azurestackcloud.json,
   # and serve IMDS for node-1 inside network namespace `node-1` at 169.254.169.254:80
   azure-sim serve --state-dir /tmp/azure-sim --seed sandbox.yaml \\

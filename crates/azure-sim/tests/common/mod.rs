@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use aadpodid_azure_sim::{RunningSim, SimConfig, Simulator};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const RG: &str = "node-rg";
 
@@ -34,6 +34,42 @@ pub fn vm_url(sim: &RunningSim, name: &str, api: &str) -> String {
         sim.arm_url(),
         sim.subscription_id()
     )
+}
+
+/// Attaches user-assigned identities to the VM or scale set at `url` (an ARM resource URL with its
+/// api-version) with one PATCH, as MIC does, and checks ARM accepted it. With the default zero LRO
+/// duration the node's IMDS knows them as soon as this returns.
+pub async fn attach(sim: &RunningSim, url: &str, ids: &[&str]) {
+    let map: serde_json::Map<String, Value> = ids.iter().map(|i| ((*i).to_owned(), json!({}))).collect();
+    let r = client()
+        .patch(url)
+        .bearer_auth(sim.arm_token().unwrap())
+        .json(&json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": map}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// An access token for `resource` from the simulator's Azure AD, for a service principal registered
+/// with a client secret: what a client with its own credentials (rather than the built-in
+/// [`Simulator::arm_token`]) presents to ARM.
+pub async fn secret_token(
+    sim: &RunningSim,
+    http: &reqwest::Client,
+    client_id: &str,
+    secret: &str,
+    resource: &str,
+) -> String {
+    let aad = format!("{}/{}/oauth2/token", sim.aad_url(), sim.tenant_id());
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret),
+        ("resource", resource),
+    ];
+    let v: Value = http.post(&aad).form(&form).send().await.unwrap().json().await.unwrap();
+    v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_owned()
 }
 
 /// Polls an Azure-AsyncOperation URL until it leaves InProgress; returns the final body and the poll count.
