@@ -1,7 +1,8 @@
 //! Kubernetes Events as the original's client-go recorder writes them: core/v1 Events named
 //! `<object>.<hex nanos>`, source component `aadpodidentity.k8s.io`, with client-go's spam
 //! filter (a burst of 25 per object, then one per 5 minutes) so a burst of assignments on one
-//! binding cannot flood the API server. Best effort: a failed event is logged, never retried.
+//! binding cannot flood the API server. Sent in the background from a bounded queue; best
+//! effort: a failed or overflowing event is logged, never retried.
 //!
 //! Events are read by whoever may read a namespace's events, so every message is scrubbed here:
 //! GUIDs (client, principal, tenant and subscription IDs) are redacted and Azure resource IDs
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aadpodid_runtime::decoded::OnUndecodable;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -58,10 +60,17 @@ const REFILL: Duration = Duration::from_secs(300);
 /// bound, every pod ever seen would keep an entry for the life of the process.
 const MAX_TRACKED: usize = 4096;
 
-/// Writes Events; clone-cheap.
+/// Events waiting to be sent, as client-go's broadcaster queues them: a burst of assignments
+/// must not wait for its events, and a slow API server must not grow MIC without bound.
+const QUEUE: usize = 1000;
+/// Events sent at once by the sender task.
+const SEND_CONCURRENCY: usize = 8;
+
+/// Records Events: checks and builds them at once, and leaves the sending to a background task
+/// ([`Recorder::new`]), so the assignment path never waits for them. Clone-cheap.
 #[derive(Clone)]
 pub struct Recorder {
-    client: Client,
+    queue: mpsc::Sender<Event>,
     host: String,
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
     /// Events already recorded by [`Recorder::publish_once`], with when.
@@ -69,8 +78,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(client: Client, host: impl Into<String>) -> Self {
-        Self { client, host: host.into(), buckets: Arc::default(), once: Arc::default() }
+    /// A recorder, and the task that sends what it records through `client` (run it, e.g.
+    /// spawned; when it stops, events are dropped). Events beyond the queue are dropped, as
+    /// client-go drops them, with a debug line.
+    pub fn new(client: Client, host: impl Into<String>) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let recorder = Self { queue, host: host.into(), buckets: Arc::default(), once: Arc::default() };
+        (recorder, send_events(client, rx))
     }
 
     /// Records an event on `object` unless the same one (object, reason and message) was
@@ -121,11 +135,29 @@ impl Recorder {
             reporting_instance: Some(self.host.clone()),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Err(error) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(%error, object = %key, reason, "Failed to record event");
+        if self.queue.try_send(event).is_err() {
+            tracing::debug!(object = %key, reason, "Event dropped: the event queue is full");
         }
     }
+}
+
+/// Sends queued events, [`SEND_CONCURRENCY`] at a time, until every recorder is gone. Best
+/// effort: a failed event is logged, never retried.
+async fn send_events(client: Client, mut rx: mpsc::Receiver<Event>) {
+    let queued = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    queued
+        .for_each_concurrent(SEND_CONCURRENCY, |event| {
+            let client = client.clone();
+            async move {
+                let namespace = event.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Event> = Api::namespaced(client, &namespace);
+                if let Err(error) = api.create(&PostParams::default(), &event).await {
+                    let object = object_key(&event.involved_object);
+                    tracing::warn!(%error, %object, reason = event.reason.as_deref(), "Failed to record event");
+                }
+            }
+        })
+        .await;
 }
 
 /// `kind/namespace/name/uid`: one object, for the spam filter and [`Recorder::publish_once`].
@@ -334,6 +366,19 @@ mod tests {
 
     fn object(name: &str) -> ObjectReference {
         ObjectReference { kind: Some("AzureIdentity".into()), name: Some(name.into()), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn publishing_never_waits_for_the_api_server_and_the_queue_is_bounded() {
+        let unreachable = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let (recorder, _sender_not_running) = Recorder::new(Client::try_from(unreachable).unwrap(), "test");
+        let burst = async {
+            for n in 0..QUEUE + 50 {
+                recorder.publish(&object(&n.to_string()), EventType::Normal, "r", "m".into()).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), burst).await.expect("publish returns at once");
+        assert_eq!(recorder.queue.capacity(), 0, "the queue holds {QUEUE}; the rest were dropped");
     }
 
     #[test]

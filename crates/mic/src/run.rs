@@ -71,7 +71,8 @@ pub async fn run_until(
     let _abort_election = AbortOnDrop(election.abort_handle());
 
     let wake = Arc::new(Notify::new());
-    let recorder = Recorder::new(clients.write.clone(), args.leader_election_instance.clone());
+    let (recorder, event_sender) = Recorder::new(clients.write.clone(), args.leader_election_instance.clone());
+    let _abort_event_sender = AbortOnDrop(tokio::spawn(event_sender).abort_handle());
     let (report_undecodable, reporter) = events::undecodable_reporter(recorder.clone(), clients.leader.clone());
     let _abort_reporter = AbortOnDrop(tokio::spawn(reporter).abort_handle());
     let (caches, watches) = cache::start(&clients.watch, &wake, &report_undecodable);
