@@ -25,6 +25,11 @@ struct Args {
     /// Measure ours only (no Go build of the original).
     #[arg(long)]
     no_original: bool,
+    /// Measure the `mic` and `nmi` in this directory in the original's place, e.g. an earlier
+    /// build of ours, to compare before and after a change in one run (the table's "original"
+    /// column then holds them).
+    #[arg(long, conflicts_with = "no_original")]
+    baseline_dir: Option<PathBuf>,
     /// Where to write the Markdown table (nothing is written when absent).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -41,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let root = aadpodid_testkit::repo_root();
     let ours = original::build_ours(&root)?;
-    let original = if args.no_original { None } else { Some(original::build_original(&root)?) };
+    let original = match (&args.baseline_dir, args.no_original) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => None,
+        (None, false) => Some(original::build_original(&root)?),
+    };
     let config = Config { size: args.size, runs: args.runs.max(1), ours, original, mic_sizes: args.mic_sizes };
 
     let mut sections = Vec::new();
