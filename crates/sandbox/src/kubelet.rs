@@ -436,12 +436,7 @@ impl KubeletSandbox {
             s += &node.log_tails(lines);
             for (pod, container) in [("aad-pod-identity-nmi", "nmi"), ("aad-pod-identity-mic", "mic")] {
                 let log = node.pod_logs_matching(&format!("{NAMESPACE}_{pod}-"), container);
-                let tail: Vec<&str> = log.lines().rev().take(lines).collect();
-                s += &format!(
-                    "== {container} pods on {} ==\n{}\n",
-                    node.name,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
+                s += &format!("== {container} pods on {} ==\n{}\n", node.name, head_and_tail(&log, lines));
             }
         }
         s
@@ -534,6 +529,17 @@ fn sandbox_images(archives: &[PathBuf], sim: &RunningSim, dir: &Path, tag: &str)
         }
     }
     Ok(out)
+}
+
+/// The first lines of a log (how the process started) and its last `lines`, without repeats.
+fn head_and_tail(log: &str, lines: usize) -> String {
+    const HEAD: usize = 15;
+    let all: Vec<&str> = log.lines().collect();
+    if all.len() <= HEAD + lines {
+        return all.join("\n");
+    }
+    let skipped = all.len() - HEAD - lines;
+    format!("{}\n[… {skipped} lines …]\n{}", all[..HEAD].join("\n"), all[all.len() - lines..].join("\n"))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!  node netns (nsenter --net; host mount namespace): containerd ── runc ── pods
 //!     lo: node IP, 169.254.169.254 (IMDS), the cloud IP (ARM/AAD relays), 127.0.0.1 (API relay)
 //!     cni0 bridge 10.<n>.128.1/24 ── pod netns (CNI bridge + host-local)
-//!     nat: 10.0.0.1:443 (the `kubernetes` Service) DNAT to the API relay, as kube-proxy would
+//!     nat: 10.0.0.1:443 (the `kubernetes` Service, routed via lo) DNAT to the API relay, as kube-proxy would
 //! ```
 //!
 //! Everything a node makes lives under its own directory (`/tmp/aadpodid-node-<pid>-<n>`) and
@@ -198,6 +198,11 @@ impl KubeletNode {
     fn prepare_network(&self, place: &NodePlace) -> Result<(), String> {
         let ns = place.netns.as_str();
         ip_addr_add(ns, place.node_ip)?;
+        // A real node has a default route, so its own processes (hostNetwork pods such as NMI)
+        // reach Service IPs, and kube-proxy's OUTPUT rules rewrite them; this node's only
+        // route is its pod bridge, so the `kubernetes` Service gets one of its own.
+        let service_route = format!("{KUBERNETES_SERVICE_IP}/32");
+        run(Command::new("ip").args(["-n", ns, "route", "replace", &service_route, "dev", "lo"]), "ip route replace")?;
         let target = place.apiserver.to_string();
         let service = [
             "-d",
